@@ -1,0 +1,57 @@
+// swift-tools-version:6.1
+//
+// Module boundaries follow dependencies, not features:
+//   AFXDPRings   pure Swift rings and free lists (swift-atomics only); testable over heap memory
+//   CAFXDP       the thin C shim over libxdp / libbpf: the "NIC hardware"
+//   AFXDP        the engine (Send/, Receive/, Shared/): the deserialized miniport
+//   AFXDPTestbed network namespaces and veth pairs for tests and the benchmark tool
+//   afxdp-bench  the command-line benchmark
+import PackageDescription
+
+let package = Package(
+    name: "swift-afxdp",
+    products: [
+        .library(name: "AFXDP", targets: ["AFXDP"]),
+        .library(name: "AFXDPTestbed", targets: ["AFXDPTestbed"]),
+        .executable(name: "afxdp-bench", targets: ["afxdp-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(
+            name: "AFXDPRings",
+            dependencies: [.product(name: "Atomics", package: "swift-atomics")]
+        ),
+        .target(
+            name: "CAFXDP",
+            linkerSettings: [.linkedLibrary("xdp"), .linkedLibrary("bpf")]
+        ),
+        // Turns the compiled XDP object into Swift source, for the build plugin.
+        .executableTarget(name: "afxdp-embed"),
+        .plugin(
+            name: "EmbedXDPProgram",
+            capability: .buildTool(),
+            dependencies: ["afxdp-embed"]
+        ),
+        .target(
+            name: "AFXDP",
+            dependencies: [
+                "AFXDPRings", "CAFXDP",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            plugins: ["EmbedXDPProgram"]
+        ),
+        .target(name: "AFXDPTestbed"),
+        .executableTarget(
+            name: "afxdp-bench",
+            dependencies: [
+                "AFXDP", "AFXDPTestbed",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings"]),
+        .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed"]),
+    ]
+)
