@@ -1,0 +1,198 @@
+import AFXDPRings
+import Atomics
+
+/// What the receive handler is given: a list of received packets pointing
+/// into the UMEM. The list is the caller's until it calls `Port.returnList`;
+/// until then the engine does not touch its frames.
+public struct ReceiveIndication {
+    public let port: Port
+    public let list: PacketList
+    /// The port is low on receive frames (the caller holds most of them):
+    /// return lists promptly or frames will be dropped.
+    public var lowResources: Bool { list.indicatedWithLowResources }
+}
+
+/// The receive region of a port: the RX ring, the fill ring, and the
+/// receive frames and list slots not lent to the caller.
+///
+/// Thread ownership: every stored property below the padding is touched only
+/// by the thread that currently owns the region (`doorbell.ownership`). Other
+/// threads reach it through `doorbell.mailbox` (returned lists).
+final class ReceiveContext: @unchecked Sendable {
+    // @unchecked: single owner at a time, enforced by RegionOwnership.
+
+    private let leadingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    // MARK: Owner-only state
+    let pool: PacketPool
+    var rx: ConsumerRing<XDPDescriptor>?
+    var fill: ProducerRing<UInt64>?
+    /// Receive frames that are the engine's and not in the fill ring.
+    var freeFrames: IndexStack
+    /// Receive list slots not in use.
+    var freeSlots: IndexStack
+    /// Frames submitted to the fill ring and not yet seen again on RX.
+    private(set) var framesWithKernel = 0
+    let batchSize: UInt32
+    /// Below this many frames with the kernel, the port is low on receive resources.
+    let lowWatermark: Int
+    let socketFD: Int32
+    var onReceive: @Sendable (ReceiveIndication) -> Void
+    unowned(unsafe) var port: Port!
+
+    // MARK: Counters (owner writes, anyone reads)
+    let counters = ReceiveCounters()
+    /// Receive frames held by the caller (indicated, not returned). Written by
+    /// the owner; read by anyone.
+    private let heldStorage = UnsafeMutablePointer<Int.AtomicRepresentation>.allocate(capacity: 16)
+
+    private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    init(pool: PacketPool, rx: RingMemory?, fill: RingMemory?, socketFD: Int32, batchSize: UInt32,
+         onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
+        self.pool = pool
+        self.rx = rx.map { ConsumerRing($0) }
+        self.fill = fill.map { ProducerRing($0) }
+        self.socketFD = socketFD
+        self.batchSize = batchSize
+        self.onReceive = onReceive
+        lowWatermark = Int(batchSize)
+        freeFrames = IndexStack(capacity: pool.receiveFrameCount)
+        freeSlots = IndexStack(capacity: pool.receiveListCount)
+        for frame in (0..<pool.receiveFrameCount).reversed() { freeFrames.push(UInt32(frame)) }
+        for slot in (0..<pool.receiveListCount).reversed() { freeSlots.push(UInt32(slot)) }
+        heldStorage.initialize(repeating: .init(0), count: 16)
+        _ = leadingPadding
+        _ = trailingPadding
+    }
+
+    deinit {
+        freeFrames.deallocate()
+        freeSlots.deallocate()
+        heldStorage.deallocate()
+    }
+
+    private var held: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage) }
+    var framesHeldByCaller: Int { held.load(ordering: .relaxed) }
+
+    // MARK: The pass
+
+    /// One pass of the receive side: takes back returned lists, refills the
+    /// fill ring, and indicates what the RX ring holds (up to `batchSize`
+    /// packets per list, at most `maximumLists` lists). Returns whether
+    /// anything moved.
+    @discardableResult
+    func service(mailbox: SlotMailbox, maximumLists: Int = 4) -> Bool {
+        var progress = takeReturns(mailbox)
+        guard rx != nil else { return progress }
+        refill()
+        for _ in 0..<maximumLists {
+            guard indicateOnce() else { break }
+            progress = true
+        }
+        if progress { refill() }
+        return progress
+    }
+
+    /// Frees every list returned since the last pass.
+    @discardableResult
+    func takeReturns(_ mailbox: SlotMailbox) -> Bool {
+        guard !mailbox.isEmpty else { return false }
+        var slot = mailbox.takeAll(links: pool.lists)
+        var frames = 0
+        while slot != noSlot {
+            let next = pool.lists[Int(slot)].next
+            var frame = pool.lists[Int(slot)].head
+            while frame != noSlot {
+                let nextFrame = pool.frames[Int(frame)].next
+                freeFrames.push(frame)
+                frames += 1
+                frame = nextFrame
+            }
+            freeSlots.push(slot)
+            slot = next
+        }
+        held.store(held.load(ordering: .relaxed) &- frames, ordering: .relaxed)
+        return true
+    }
+
+    private func refill() {
+        guard var ring = fill else { return }
+        let wanted = UInt32(freeFrames.count)
+        if wanted > 0 {
+            let (start, granted) = ring.reserve(upTo: wanted)
+            if granted > 0 {
+                let shift = UInt64(pool.frameShift)
+                var index = start
+                for _ in 0..<granted {
+                    ring[index] = UInt64(freeFrames.pop()!) << shift
+                    index &+= 1
+                }
+                ring.submit()
+                framesWithKernel += Int(granted)
+            }
+        }
+        if ring.needsWakeup { SystemCalls.wakeReceive(socketFD) }
+        fill = ring
+    }
+
+    /// Indicates one list of up to `batchSize` received packets.
+    private func indicateOnce() -> Bool {
+        let (start, count) = rx!.peek(upTo: batchSize)
+        guard count > 0 else { return false }
+        // A slot per list and at most one list per frame: never runs out.
+        let slot = freeSlots.pop()!
+        let list = pool.lists + Int(slot)
+        let shift = UInt64(pool.frameShift)
+        let offsetMask = UInt64(pool.frameSize - 1)
+        var index = start
+        var previous = noSlot
+        var bytes = 0
+        for _ in 0..<count {
+            let descriptor = rx![index]
+            index &+= 1
+            let frame = UInt32(truncatingIfNeeded: descriptor.address >> shift)
+            precondition(Int(frame) < pool.receiveFrameCount, "RX ring returned a frame outside the receive pool")
+            pool.frames[Int(frame)] = FrameRecord(
+                next: noSlot, owner: slot, offset: UInt16(truncatingIfNeeded: descriptor.address & offsetMask),
+                length: UInt16(truncatingIfNeeded: descriptor.length))
+            bytes += Int(descriptor.length)
+            if previous == noSlot { list.pointee.head = frame } else { pool.frames[Int(previous)].next = frame }
+            previous = frame
+        }
+        rx!.release()
+        framesWithKernel -= Int(count)
+        list.pointee.tail = previous
+        list.pointee.count = count
+        pool.resetHeader(slot)
+        let low = framesWithKernel + freeFrames.count < lowWatermark
+        list.pointee.lowResources = low
+        if low { counters.noteLowResources() }
+        held.store(held.load(ordering: .relaxed) &+ Int(count), ordering: .relaxed)
+        counters.add(packets: Int(count), bytes: bytes)
+        let generation = pool.generation(of: slot)
+        pool.setState(slot, .caller, generation: generation)
+        onReceive(ReceiveIndication(port: port, list: PacketList(pool: pool, slot: slot, generation: generation)))
+        return true
+    }
+
+    /// Close, once the socket is gone: the fill and RX rings are gone with it,
+    /// so every receive frame the caller does not hold is the engine's again.
+    func reclaimAfterSocketClosed(_ mailbox: SlotMailbox) {
+        takeReturns(mailbox)
+        rx = nil
+        fill = nil
+        while freeFrames.pop() != nil {}
+        while freeSlots.pop() != nil {}
+        var heldFrames = [Bool](repeating: false, count: pool.receiveFrameCount)
+        for slot in 0..<pool.receiveListCount where pool.state(of: UInt32(slot)) != .free {
+            var frame = pool.lists[slot].head
+            while frame != noSlot { heldFrames[Int(frame)] = true; frame = pool.frames[Int(frame)].next }
+        }
+        for frame in (0..<pool.receiveFrameCount).reversed() where !heldFrames[frame] { freeFrames.push(UInt32(frame)) }
+        for slot in (0..<pool.receiveListCount).reversed() where pool.state(of: UInt32(slot)) == .free {
+            freeSlots.push(UInt32(slot))
+        }
+        framesWithKernel = 0
+    }
+}

@@ -1,0 +1,298 @@
+import AFXDPRings
+import Atomics
+
+/// The send region of a port: the TX ring, the completion ring and the
+/// queues of lists waiting for them.
+///
+/// Thread ownership: every stored property below the padding is touched only
+/// by the thread that currently owns the region (`doorbell.ownership`);
+/// other threads reach it through `doorbell.mailbox`. Counters are relaxed
+/// atomics so that statistics can be read from anywhere.
+final class SendContext: @unchecked Sendable {
+    // @unchecked: single owner at a time, enforced by RegionOwnership.
+
+    private let leadingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    // MARK: Owner-only state
+    let pool: PacketPool
+    var tx: ProducerRing<XDPDescriptor>
+    var completion: ConsumerRing<UInt64>
+    /// Lists waiting to be placed into the TX ring, one FIFO per priority
+    /// (head, tail), linked through `ListRecord.next`.
+    private let queueHeads: UnsafeMutablePointer<UInt32>
+    private let queueTails: UnsafeMutablePointer<UInt32>
+    /// Lists with frames in the TX ring, in the order their first frame was
+    /// placed: completions are delivered from its head, so they come back in
+    /// the caller's order within a priority. Linked through `inFlightNext`.
+    private var inFlightHead = noSlot
+    private var inFlightTail = noSlot
+    private let inFlightNext: UnsafeMutablePointer<UInt32>
+    /// Frames placed and not yet reaped from the completion ring. Never more
+    /// than the completion ring holds, so the kernel never finds it full.
+    private(set) var framesInFlight: UInt32 = 0
+    /// Lists completed by the current pass, delivered as one batch.
+    private let completedBatch: UnsafeMutablePointer<PacketList>
+    private var completedCount = 0
+    let socketFD: Int32
+    let kickOnlyWhenAsked: Bool
+    let batchSize: UInt32
+    var onComplete: @Sendable (SendCompletions) -> Void
+
+    // MARK: Counters (owner writes, anyone reads)
+    let counters: SendCounters
+
+    private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    init(
+        pool: PacketPool, tx: RingMemory, completion: RingMemory, socketFD: Int32,
+        kickOnlyWhenAsked: Bool, batchSize: UInt32, onComplete: @escaping @Sendable (SendCompletions) -> Void
+    ) {
+        self.pool = pool
+        self.tx = ProducerRing(tx)
+        self.completion = ConsumerRing(completion)
+        self.socketFD = socketFD
+        self.kickOnlyWhenAsked = kickOnlyWhenAsked
+        self.batchSize = batchSize
+        self.onComplete = onComplete
+        queueHeads = .allocate(capacity: 8)
+        queueHeads.initialize(repeating: noSlot, count: 8)
+        queueTails = .allocate(capacity: 8)
+        queueTails.initialize(repeating: noSlot, count: 8)
+        inFlightNext = .allocate(capacity: pool.listCount)
+        inFlightNext.initialize(repeating: noSlot, count: pool.listCount)
+        completedBatch = .allocate(capacity: pool.listCount)
+        counters = SendCounters()
+        _ = leadingPadding
+        _ = trailingPadding
+    }
+
+    deinit {
+        queueHeads.deallocate()
+        queueTails.deallocate()
+        inFlightNext.deallocate()
+        completedBatch.deallocate()
+    }
+
+    var hasWork: Bool { inFlightHead != noSlot || hasQueued }
+
+    // MARK: The pass
+
+    /// One pass of the send side: takes what the mailbox holds, reaps the
+    /// completion ring, places queued frames into the TX ring, kicks the
+    /// kernel and delivers the completed lists in one batch. Returns whether
+    /// anything moved. `admit` is `.success` while the port runs; otherwise
+    /// new and queued lists complete with that status instead of being sent.
+    @discardableResult
+    func service(mailbox: SlotMailbox, admit: SendStatus) -> Bool {
+        var progress = false
+        if !mailbox.isEmpty {
+            progress = true
+            var slot = mailbox.takeAll(links: pool.lists)
+            while slot != noSlot {
+                let next = pool.lists[Int(slot)].next
+                enqueue(slot)
+                slot = next
+            }
+        }
+        if admit != .success { stopPlacing(status: admit) }
+        if reapCompletions() { progress = true }
+        if admit == .success, place() { progress = true }
+        if kick() { progress = true }
+        collectCompleted()
+        deliver()
+        return progress || completedCount > 0
+    }
+
+    private func enqueue(_ slot: UInt32) {
+        let record = pool.lists + Int(slot)
+        record.pointee.next = noSlot
+        record.pointee.placeCursor = record.pointee.head
+        let priority = Int(record.pointee.priority)
+        if queueTails[priority] == noSlot {
+            queueHeads[priority] = slot
+        } else {
+            pool.lists[Int(queueTails[priority])].next = slot
+        }
+        queueTails[priority] = slot
+        counters.add(queued: Int(record.pointee.count))
+    }
+
+    /// Pause or close: nothing more goes into the TX ring. Every queued list
+    /// joins the in-flight FIFO with `status`, behind the lists sent before
+    /// it, so completion order stays the caller's.
+    private func stopPlacing(status: SendStatus) {
+        for priority in (0..<8).reversed() {
+            var slot = queueHeads[priority]
+            while slot != noSlot {
+                let record = pool.lists + Int(slot)
+                let next = record.pointee.next
+                var unplaced = 0
+                var frame = record.pointee.placeCursor
+                while frame != noSlot { unplaced += 1; frame = pool.frames[Int(frame)].next }
+                counters.add(queued: -unplaced)
+                record.pointee.placeCursor = noSlot
+                record.pointee.status = status
+                if !record.pointee.inFlight { appendInFlight(slot) }
+                slot = next
+            }
+            queueHeads[priority] = noSlot
+            queueTails[priority] = noSlot
+        }
+    }
+
+    private func appendInFlight(_ slot: UInt32) {
+        pool.lists[Int(slot)].inFlight = true
+        inFlightNext[Int(slot)] = noSlot
+        if inFlightTail == noSlot { inFlightHead = slot } else { inFlightNext[Int(inFlightTail)] = slot }
+        inFlightTail = slot
+    }
+
+    /// Moves queued frames into the TX ring, highest priority first, as far as
+    /// the TX ring and the completion ring allow.
+    private func place() -> Bool {
+        let completionRoom = completion.size &- framesInFlight
+        var budget = min(completionRoom, tx.freeCount(wanted: completionRoom))
+        guard budget > 0 else {
+            if hasQueued { counters.noteRingFull() }
+            return false
+        }
+        let (start, granted) = tx.reserve(upTo: budget)
+        budget = granted
+        var index = start
+        let shift = UInt64(pool.frameShift)
+        for priority in (0..<8).reversed() where budget > 0 {
+            while budget > 0, queueHeads[priority] != noSlot {
+                let slot = queueHeads[priority]
+                let record = pool.lists + Int(slot)
+                if !record.pointee.inFlight { appendInFlight(slot) }
+                var frame = record.pointee.placeCursor
+                while frame != noSlot, budget > 0 {
+                    let frameRecord = pool.frames + Int(frame)
+                    frameRecord.pointee.owner = slot
+                    tx[index] = XDPDescriptor(
+                        address: UInt64(frame) << shift | UInt64(frameRecord.pointee.offset),
+                        length: UInt32(frameRecord.pointee.length))
+                    index &+= 1
+                    budget -= 1
+                    record.pointee.outstanding += 1
+                    frame = frameRecord.pointee.next
+                }
+                record.pointee.placeCursor = frame
+                if frame == noSlot {
+                    queueHeads[priority] = record.pointee.next
+                    if queueHeads[priority] == noSlot { queueTails[priority] = noSlot }
+                }
+            }
+        }
+        let placed = index &- start
+        precondition(placed == granted, "placed \(placed) of \(granted) reserved TX slots")
+        guard placed > 0 else { return false }
+        tx.submit()
+        framesInFlight &+= placed
+        counters.add(queued: -Int(placed))
+        return true
+    }
+
+    private var hasQueued: Bool {
+        for priority in 0..<8 where queueHeads[priority] != noSlot { return true }
+        return false
+    }
+
+    /// Copy mode moves TX only on a kick, 32 descriptors at a time: kick
+    /// until the kernel has taken the ring or says to come back later.
+    private func kick() -> Bool {
+        guard tx.outstanding > 0 else { return false }
+        if kickOnlyWhenAsked && !tx.needsWakeup { return false }
+        var kicks = 0
+        let maximumKicks = Int(tx.size / 32) + 2
+        while kicks < maximumKicks {
+            kicks += 1
+            switch SystemCalls.kickTransmit(socketFD) {
+            case .done: counters.noteKicks(kicks); return true
+            case .again: if tx.outstanding == 0 { counters.noteKicks(kicks); return true }
+            case .later: counters.noteKicks(kicks); return true
+            case .failed: counters.noteKicks(kicks); counters.noteKickError(); return true
+            }
+        }
+        counters.noteKicks(kicks)
+        return true
+    }
+
+    /// Reads the completion ring: each address names a frame, each frame
+    /// names its list; a list is done when none of its frames is out.
+    private func reapCompletions() -> Bool {
+        let (start, count) = completion.peek(upTo: completion.size)
+        guard count > 0 else { return false }
+        let shift = UInt64(pool.frameShift)
+        var index = start
+        for _ in 0..<count {
+            let frame = Int(truncatingIfNeeded: completion[index] >> shift)
+            index &+= 1
+            precondition(frame < pool.frameCount, "completion ring returned an address outside the UMEM")
+            let owner = Int(pool.frames[frame].owner)
+            pool.lists[owner].outstanding -= 1
+        }
+        completion.release()
+        framesInFlight &-= count
+        return true
+    }
+
+    /// Pops finished lists off the in-flight FIFO's head into the batch.
+    private func collectCompleted() {
+        var packets = 0
+        var bytes = 0
+        while inFlightHead != noSlot {
+            let slot = inFlightHead
+            let record = pool.lists + Int(slot)
+            guard record.pointee.outstanding == 0, record.pointee.placeCursor == noSlot else { break }
+            inFlightHead = inFlightNext[Int(slot)]
+            if inFlightHead == noSlot { inFlightTail = noSlot }
+            record.pointee.inFlight = false
+            if record.pointee.status != .pending {
+                counters.noteDropped()
+            } else {
+                record.pointee.status = .success
+                packets += Int(record.pointee.count)
+                var frame = record.pointee.head
+                while frame != noSlot { bytes += Int(pool.frames[Int(frame)].length); frame = pool.frames[Int(frame)].next }
+            }
+            let generation = pool.generation(of: slot)
+            pool.setState(slot, .caller, generation: generation)
+            completedBatch[completedCount] = PacketList(pool: pool, slot: slot, generation: generation)
+            completedCount += 1
+        }
+        if packets > 0 { counters.add(packets: packets, bytes: bytes) }
+    }
+
+    private func deliver() {
+        guard completedCount > 0 else { return }
+        let batch = SendCompletions(lists: UnsafeBufferPointer(start: completedBatch, count: completedCount))
+        counters.add(completedLists: completedCount)
+        completedCount = 0
+        onComplete(batch)
+    }
+
+    /// Close, once the socket is gone: every list still in flight completes
+    /// with `.closing`; the kernel no longer holds its frames.
+    func abandonInFlight() {
+        stopPlacing(status: .closing)
+        var slot = inFlightHead
+        while slot != noSlot {
+            pool.lists[Int(slot)].outstanding = 0
+            if pool.lists[Int(slot)].status == .pending { pool.lists[Int(slot)].status = .closing }
+            slot = inFlightNext[Int(slot)]
+        }
+        framesInFlight = 0
+        collectCompleted()
+        deliver()
+    }
+}
+
+/// The lists one send pass completed, in completion order. Valid only during
+/// the completion handler call: copy the handles out if you keep them.
+public struct SendCompletions: RandomAccessCollection {
+    public let lists: UnsafeBufferPointer<PacketList>
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { lists.count }
+    public subscript(position: Int) -> PacketList { lists[position] }
+}

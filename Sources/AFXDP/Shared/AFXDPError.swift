@@ -1,0 +1,89 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything the engine can refuse, each with what to do about it.
+///
+/// Errors caused by the environment (a missing interface, missing privileges)
+/// and by bad input (a ring size that is not a power of two, an oversized
+/// frame, a list returned twice) are thrown. The engine never throws for lack
+/// of ring slots or frames on the send path: it queues instead.
+public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A configuration value is out of range; the message says which and why.
+    case invalidConfiguration(String)
+    /// No interface of that name in the namespace the port opens in.
+    case interfaceNotFound(interface: String, namespace: String?)
+    /// The network namespace named in the configuration does not exist.
+    case namespaceNotFound(String)
+    /// The process lacks a capability the operation needs.
+    case permissionDenied(operation: String, errno: Int32)
+    /// Another XDP program is attached to the interface.
+    case xdpProgramAlreadyAttached(interface: String, programID: UInt32)
+    /// Zero-copy was required but the driver cannot do it.
+    case zeroCopyUnsupported(interface: String)
+    /// A system or library call failed; `operation` names it.
+    case system(operation: String, errno: Int32)
+    /// The XDP program failed to load; `log` holds libbpf's explanation.
+    case programLoadFailed(errno: Int32, log: String)
+    /// A frame's length exceeds what one UMEM frame can hold.
+    case frameTooLarge(length: Int, maximum: Int)
+    /// A frame of length zero cannot be sent.
+    case emptyFrame
+    /// The list handle is stale: it was returned (or freed) already.
+    case listAlreadyReturned
+    /// The list is in the engine's hands (queued or in flight), not the caller's.
+    case listNotOwnedByCaller
+    /// The list belongs to another port's pool.
+    case foreignList
+    /// A packet index outside the list.
+    case packetIndexOutOfRange(index: Int, count: Int)
+    /// The port is closed.
+    case portClosed
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let message):
+            return "invalid configuration: \(message)"
+        case .interfaceNotFound(let interface, let namespace):
+            let place = namespace.map { "network namespace '\($0)'" } ?? "this network namespace"
+            return "no interface named '\(interface)' in \(place); list interfaces with `ip link`"
+                + (namespace.map { " (or `ip -n \($0) link`)" } ?? "") + " and check the name"
+        case .namespaceNotFound(let name):
+            return "no network namespace named '\(name)'; list them with `ip netns list`"
+        case .permissionDenied(let operation, let errno):
+            return "\(operation) was refused (\(String(cString: strerror(errno)))): AF_XDP needs "
+                + "CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF and CAP_IPC_LOCK (or CAP_SYS_ADMIN); run as root, "
+                + "or grant them with `setcap cap_net_raw,cap_net_admin,cap_bpf,cap_ipc_lock+ep <binary>`"
+        case .xdpProgramAlreadyAttached(let interface, let id):
+            return "interface '\(interface)' already has an XDP program attached (id \(id)), perhaps left by a "
+                + "process that died; inspect it with `ip link show dev \(interface)` and `bpftool prog show id \(id)`, "
+                + "and remove it with `ip link set dev \(interface) xdp off` (native) or "
+                + "`ip link set dev \(interface) xdpgeneric off` (generic)"
+        case .zeroCopyUnsupported(let interface):
+            return "interface '\(interface)' does not support zero-copy AF_XDP; allow copy mode with "
+                + "`zeroCopy: .preferred` (veth never supports zero-copy)"
+        case .system(let operation, let errno):
+            return "\(operation) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+        case .programLoadFailed(let errno, let log):
+            return "loading the XDP program failed: \(String(cString: strerror(errno))) (errno \(errno))"
+                + (log.isEmpty ? "" : "\nlibbpf said:\n\(log)")
+        case .frameTooLarge(let length, let maximum):
+            return "frame of \(length) bytes does not fit a UMEM frame (at most \(maximum) bytes); "
+                + "use a larger frameSize (4096) or split the data"
+        case .emptyFrame:
+            return "a frame of length 0 cannot be sent; give each packet a length of at least 1 byte"
+        case .listAlreadyReturned:
+            return "this packet list was already returned to its pool; a list handle is valid only from "
+                + "allocation or indication until it is returned, and must be returned exactly once"
+        case .listNotOwnedByCaller:
+            return "this packet list is queued or in flight: the engine owns it until its send completes; "
+                + "wait for the completion before using, sending or returning it again"
+        case .foreignList:
+            return "this packet list belongs to another port's pool; send or return a list on the port that made it"
+        case .packetIndexOutOfRange(let index, let count):
+            return "packet index \(index) is outside this list of \(count) packets"
+        case .portClosed:
+            return "the port is closed; open a new one"
+        }
+    }
+}

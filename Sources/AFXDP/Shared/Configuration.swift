@@ -1,0 +1,107 @@
+/// How to open a `Port`.
+public struct PortConfiguration: Sendable {
+    /// The interface to open, e.g. "eth0" or one end of a veth pair.
+    public var interface: String
+    /// The interface queue to bind to (its RX queue is what the socket sees).
+    public var queue: UInt32 = 0
+    /// Open the port inside this network namespace (a name under
+    /// /var/run/netns, as `ip netns` makes). nil: the caller's namespace.
+    public var networkNamespace: String?
+
+    /// Ring sizes in descriptors; each a power of two.
+    public var fillRingSize: UInt32 = 2048
+    public var completionRingSize: UInt32 = 2048
+    public var receiveRingSize: UInt32 = 2048
+    public var transmitRingSize: UInt32 = 2048
+    /// UMEM frame size: 2048 or 4096 bytes.
+    public var frameSize: Int = 4096
+    /// UMEM frames for receiving; nil: twice the fill ring.
+    public var receiveFrameCount: Int?
+    /// UMEM frames for sending; nil: twice the TX ring.
+    public var sendFrameCount: Int?
+    /// Most packets indicated in one received list.
+    public var receiveBatchSize: UInt32 = 64
+
+    public enum ZeroCopy: Sendable {
+        /// Copy mode always.
+        case never
+        /// Zero-copy if the driver supports it, else copy mode (and the port says so).
+        case preferred
+        /// Zero-copy or fail.
+        case required
+    }
+    public var zeroCopy: ZeroCopy = .preferred
+
+    /// Only kick the kernel when a ring's need_wakeup flag asks for it.
+    public var useNeedWakeup = true
+
+    /// Busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET); nil: off.
+    public struct BusyPoll: Sendable {
+        public var timeoutMicroseconds: Int32 = 20
+        public var budget: Int32 = 64
+        public init(timeoutMicroseconds: Int32 = 20, budget: Int32 = 64) {
+            self.timeoutMicroseconds = timeoutMicroseconds
+            self.budget = budget
+        }
+    }
+    public var busyPoll: BusyPoll?
+
+    public enum AttachMode: Sendable {
+        /// Native (driver) mode where the driver has it, else generic.
+        case automatic
+        case native
+        case generic
+    }
+    public var attachMode: AttachMode = .automatic
+
+    /// Only frames of this EtherType reach the socket; the rest go to the
+    /// kernel's stack. nil: every frame.
+    public var etherTypeFilter: UInt16?
+
+    /// Run a thread of the port's own that polls both directions, so that
+    /// completions and indications arrive without the caller calling `poll`.
+    public var ownThread = false
+
+    public init(interface: String, queue: UInt32 = 0, networkNamespace: String? = nil) {
+        self.interface = interface
+        self.queue = queue
+        self.networkNamespace = networkNamespace
+    }
+
+    var resolvedReceiveFrameCount: Int { receiveFrameCount ?? Int(fillRingSize) * 2 }
+    var resolvedSendFrameCount: Int { sendFrameCount ?? Int(transmitRingSize) * 2 }
+
+    /// Checks every value, with a message that says what to change.
+    func validate() throws(AFXDPError) {
+        for (name, size) in [
+            ("fillRingSize", fillRingSize), ("completionRingSize", completionRingSize),
+            ("receiveRingSize", receiveRingSize), ("transmitRingSize", transmitRingSize),
+        ] {
+            guard size >= 8, size <= 1 << 20 else {
+                throw .invalidConfiguration("\(name) \(size) is out of range; use a power of two from 8 to 1048576")
+            }
+            guard size & (size - 1) == 0 else {
+                let lower = UInt32(1) << (31 - size.leadingZeroBitCount)
+                throw .invalidConfiguration(
+                    "\(name) \(size) is not a power of two; the kernel's rings need one, e.g. \(lower) or \(lower * 2)")
+            }
+        }
+        guard frameSize == 2048 || frameSize == 4096 else {
+            throw .invalidConfiguration("frameSize \(frameSize) is not supported; use 2048 or 4096")
+        }
+        guard interface.utf8.count > 0, interface.utf8.count < 16 else {
+            throw .invalidConfiguration("interface name '\(interface)' must be 1 to 15 characters")
+        }
+        guard resolvedReceiveFrameCount >= Int(receiveBatchSize), resolvedSendFrameCount >= 1 else {
+            throw .invalidConfiguration(
+                "receiveFrameCount must be at least receiveBatchSize (\(receiveBatchSize)) and sendFrameCount at least 1")
+        }
+        guard receiveBatchSize >= 1, receiveBatchSize <= receiveRingSize else {
+            throw .invalidConfiguration("receiveBatchSize \(receiveBatchSize) must be 1...receiveRingSize (\(receiveRingSize))")
+        }
+        let total = resolvedReceiveFrameCount + resolvedSendFrameCount
+        guard total <= 1 << 22 else {
+            throw .invalidConfiguration("\(total) UMEM frames is too many; at most 4194304")
+        }
+    }
+}

@@ -1,0 +1,148 @@
+import CAFXDP
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The project's XDP program on one interface: it redirects each frame to
+/// the socket bound at its RX queue (the XSKMAP), optionally only one
+/// EtherType, and counts per CPU. Ports on different queues of the same
+/// interface share it; it is detached when the last one closes.
+final class XDPProgram: @unchecked Sendable {
+    // @unchecked: mutated only under `registryLock`.
+    let interface: String
+    let ifindex: Int32
+    let namespace: String?
+    let attachFlags: UInt32
+    var handle = cafxdp_program()
+    var users = 0
+
+    var attachedNatively: Bool { attachFlags & UInt32(XDP_FLAGS_DRV_MODE) != 0 }
+
+    private init(interface: String, ifindex: Int32, namespace: String?, attachFlags: UInt32) {
+        self.interface = interface
+        self.ifindex = ifindex
+        self.namespace = namespace
+        self.attachFlags = attachFlags
+    }
+
+    private static let registryLock = PThreadLock()
+    nonisolated(unsafe) private static var registry: [String: XDPProgram] = [:]
+
+    private static func key(_ namespace: String?, _ ifindex: Int32) -> String { "\(namespace ?? "")/\(ifindex)" }
+
+    /// Loads and attaches the program, or takes another reference to the one
+    /// this process already attached there. Call inside the target namespace.
+    static func acquire(
+        interface: String, ifindex: Int32, namespace: String?, mode: PortConfiguration.AttachMode,
+        etherTypeFilter: UInt16?
+    ) throws(AFXDPError) -> XDPProgram {
+        try registryLock.withLock { () throws(AFXDPError) -> XDPProgram in
+            if let existing = registry[key(namespace, ifindex)] {
+                existing.users += 1
+                return existing
+            }
+            var attachedID: UInt32 = 0
+            if bpf_xdp_query_id(ifindex, 0, &attachedID) == 0, attachedID != 0 {
+                throw .xdpProgramAlreadyAttached(interface: interface, programID: attachedID)
+            }
+            var handle = cafxdp_program()
+            try load(into: &handle)
+            let modes: [UInt32]
+            switch mode {
+            case .automatic: modes = [UInt32(XDP_FLAGS_DRV_MODE), UInt32(XDP_FLAGS_SKB_MODE)]
+            case .native: modes = [UInt32(XDP_FLAGS_DRV_MODE)]
+            case .generic: modes = [UInt32(XDP_FLAGS_SKB_MODE)]
+            }
+            var lastError: Int32 = 0
+            for modeFlag in modes {
+                let flags = modeFlag | UInt32(XDP_FLAGS_UPDATE_IF_NOEXIST)
+                let result = bpf_xdp_attach(ifindex, handle.program_fd, flags, nil)
+                if result == 0 {
+                    let program = XDPProgram(interface: interface, ifindex: ifindex, namespace: namespace, attachFlags: modeFlag)
+                    program.handle = handle
+                    program.users = 1
+                    if let etherTypeFilter { program.setConfig(index: 0, value: UInt32(etherTypeFilter)) }
+                    registry[key(namespace, ifindex)] = program
+                    return program
+                }
+                lastError = -result
+                if lastError == EBUSY || lastError == EEXIST { break }
+            }
+            cafxdp_program_close(&handle)
+            if lastError == EBUSY || lastError == EEXIST {
+                var id: UInt32 = 0
+                _ = bpf_xdp_query_id(ifindex, 0, &id)
+                throw .xdpProgramAlreadyAttached(interface: interface, programID: id)
+            }
+            if SystemCalls.isPermissionError(lastError) {
+                throw .permissionDenied(operation: "attaching the XDP program to \(interface)", errno: lastError)
+            }
+            throw .system(operation: "attaching the XDP program to \(interface)", errno: lastError)
+        }
+    }
+
+    private static func load(into handle: inout cafxdp_program) throws(AFXDPError) {
+        var bytes = EmbeddedXDPProgram.objectBytes()
+        var log = [CChar](repeating: 0, count: 4096)
+        cafxdp_silence_libbpf()
+        let result = bytes.withUnsafeMutableBytes { object in
+            cafxdp_program_load(object.baseAddress, object.count, &handle, &log, log.count)
+        }
+        guard result == 0 else {
+            let message = String(decoding: log.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if SystemCalls.isPermissionError(-result) {
+                throw .permissionDenied(operation: "loading the XDP program (bpf)", errno: -result)
+            }
+            throw .programLoadFailed(errno: -result, log: message)
+        }
+    }
+
+    /// Binds a socket to a queue: frames arriving on that RX queue go to it.
+    func bind(socketFD: Int32, queue: UInt32) throws(AFXDPError) {
+        var key = queue
+        var value = UInt32(bitPattern: socketFD)
+        if bpf_map_update_elem(handle.xsks_map_fd, &key, &value, 0) != 0 {
+            throw .system(operation: "adding the socket to the XSKMAP at queue \(queue)", errno: errno)
+        }
+    }
+
+    func unbind(queue: UInt32) {
+        var key = queue
+        _ = bpf_map_delete_elem(handle.xsks_map_fd, &key)
+    }
+
+    private func setConfig(index: UInt32, value: UInt32) {
+        var key = index
+        var value = value
+        _ = bpf_map_update_elem(handle.config_map_fd, &key, &value, 0)
+    }
+
+    /// The program's counters summed over CPUs: (seen, redirected, passed).
+    func counters() -> (seen: Int, redirected: Int, passed: Int) {
+        let cpus = Int(libbpf_num_possible_cpus())
+        guard cpus > 0 else { return (0, 0, 0) }
+        var values = [UInt64](repeating: 0, count: cpus)
+        var totals = [Int](repeating: 0, count: 3)
+        for index in 0..<3 {
+            var key = UInt32(index)
+            if bpf_map_lookup_elem(handle.counters_map_fd, &key, &values) == 0 {
+                totals[index] = values.reduce(0) { $0 + Int($1) }
+            }
+        }
+        return (totals[0], totals[1], totals[2])
+    }
+
+    /// Drops one reference; the last detaches and unloads. Call inside the namespace.
+    func release() {
+        Self.registryLock.withLock {
+            users -= 1
+            guard users == 0 else { return }
+            var options = bpf_xdp_attach_opts()
+            options.sz = MemoryLayout<bpf_xdp_attach_opts>.size
+            options.old_prog_fd = handle.program_fd
+            _ = bpf_xdp_detach(ifindex, attachFlags, &options)
+            cafxdp_program_close(&handle)
+            Self.registry[Self.key(namespace, ifindex)] = nil
+        }
+    }
+}

@@ -1,0 +1,89 @@
+// The engine's view of the "NIC hardware": libxdp's AF_XDP UMEM and sockets,
+// and libbpf's program loading. Swift calls libxdp / libbpf directly wherever
+// it can; a wrapper lives here only when Swift cannot see something, and each
+// says why. Every symbol carries the `cafxdp_` prefix.
+#ifndef CAFXDP_H
+#define CAFXDP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/if_link.h>
+#include <linux/if_xdp.h>
+#include <xdp/xsk.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+
+// --- Constants Swift cannot import (function-like or composite macros) -----
+
+// XSK_UNALIGNED_BUF_ADDR_MASK is an expression macro; Swift imports only
+// literal macros. Delete when the engine supports unaligned chunks natively.
+extern const uint64_t cafxdp_unaligned_addr_mask;
+
+// --- The XDP program --------------------------------------------------------
+
+// The loaded program and the file descriptors of its maps. Owned by Swift's
+// XDPProgram, released by cafxdp_program_close.
+typedef struct cafxdp_program {
+    struct bpf_object *object;
+    int program_fd;
+    int xsks_map_fd;
+    int config_map_fd;
+    int counters_map_fd;
+} cafxdp_program;
+
+// Why a wrapper: the libbpf object-loading sequence (open from memory, find
+// the program and three maps by name, load) is five calls with two error
+// conventions (NULL + errno for open, -errno for load); doing it in C keeps
+// the error handling in one place. Returns 0 or -errno; on failure nothing
+// is left open. `log` (may be NULL) receives libbpf's verifier / loader
+// messages, truncated to log_size.
+int cafxdp_program_load(const void *object_bytes, size_t object_size,
+                        cafxdp_program *out, char *log, size_t log_size);
+
+// Closes the object and with it every map and program fd.
+void cafxdp_program_close(cafxdp_program *program);
+
+// Why a wrapper: libbpf's print callback is variadic (va_list), which Swift
+// cannot implement. Routes libbpf's messages into a buffer that the next
+// cafxdp_program_load copies out, instead of libbpf writing to stderr.
+void cafxdp_silence_libbpf(void);
+
+// --- Sockets ----------------------------------------------------------------
+
+// Why a wrapper: libxdp reads every field of the ring structs it is handed and
+// does not initialise all cached indices; they must start zeroed (seen to
+// corrupt completions in release builds otherwise). These wrappers allocate
+// zeroed ring structs on the C side so Swift never passes uninitialised ones.
+typedef struct cafxdp_rings {
+    struct xsk_ring_prod fill;
+    struct xsk_ring_cons completion;
+    struct xsk_ring_cons rx;
+    struct xsk_ring_prod tx;
+} cafxdp_rings;
+
+// Creates the UMEM over `area` (page aligned, `size` bytes). Returns 0 or -errno.
+int cafxdp_umem_create(struct xsk_umem **umem, void *area, uint64_t size,
+                       uint32_t fill_size, uint32_t completion_size,
+                       uint32_t frame_size, uint32_t frame_headroom,
+                       cafxdp_rings *rings);
+
+// Creates the socket on ifname/queue, bound to the UMEM, without letting
+// libxdp load its own program (the engine loads its own). Returns 0 or -errno.
+int cafxdp_socket_create(struct xsk_socket **socket, const char *ifname,
+                         uint32_t queue, struct xsk_umem *umem,
+                         uint32_t rx_size, uint32_t tx_size,
+                         uint16_t bind_flags, cafxdp_rings *rings);
+
+
+// The kernel's socket statistics (getsockopt XDP_STATISTICS).
+// Why a wrapper: the option length must match the struct the kernel expects.
+int cafxdp_statistics(int fd, struct xdp_statistics *out);
+
+// --- Namespaces -------------------------------------------------------------
+
+// Why a wrapper: glibc declares setns() and CLONE_NEWNET only under
+// _GNU_SOURCE, which Swift's Glibc module is not built with. Moves the calling
+// thread into the network namespace `fd` refers to. Returns 0 or -errno.
+int cafxdp_enter_network_namespace(int fd);
+
+#endif

@@ -1,0 +1,146 @@
+#define _GNU_SOURCE
+#include "CAFXDP.h"
+
+#include <sched.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+// Swift's XDPDescriptor mirrors struct xdp_desc; keep them in step.
+_Static_assert(sizeof(struct xdp_desc) == 16, "xdp_desc layout changed");
+_Static_assert(sizeof(struct xdp_statistics) == 48, "xdp_statistics layout changed");
+
+const uint64_t cafxdp_unaligned_addr_mask = XSK_UNALIGNED_BUF_ADDR_MASK;
+
+// libbpf's messages since the last load. Written only while a load runs;
+// loads are serialised by the caller (one per port open).
+static char libbpf_messages[4096];
+static size_t libbpf_messages_length;
+
+static int collect_libbpf_message(enum libbpf_print_level level, const char *format, va_list args)
+{
+    if (level == LIBBPF_DEBUG)
+        return 0;
+    size_t room = sizeof(libbpf_messages) - libbpf_messages_length;
+    if (room <= 1)
+        return 0;
+    int written = vsnprintf(libbpf_messages + libbpf_messages_length, room, format, args);
+    if (written > 0)
+        libbpf_messages_length += (size_t)written < room ? (size_t)written : room - 1;
+    return 0;
+}
+
+void cafxdp_silence_libbpf(void)
+{
+    libbpf_set_print(collect_libbpf_message);
+}
+
+static int map_fd(struct bpf_object *object, const char *name)
+{
+    struct bpf_map *map = bpf_object__find_map_by_name(object, name);
+    return map ? bpf_map__fd(map) : -ENOENT;
+}
+
+int cafxdp_program_load(const void *object_bytes, size_t object_size,
+                        cafxdp_program *out, char *log, size_t log_size)
+{
+    memset(out, 0, sizeof(*out));
+    libbpf_messages_length = 0;
+    libbpf_messages[0] = '\0';
+
+    LIBBPF_OPTS(bpf_object_open_opts, options, .object_name = "afxdp_redirect");
+    struct bpf_object *object = bpf_object__open_mem(object_bytes, object_size, &options);
+    int error = 0;
+    if (!object) {
+        error = -errno;
+        goto out;
+    }
+    error = bpf_object__load(object);
+    if (error)
+        goto close;
+
+    struct bpf_program *program = bpf_object__find_program_by_name(object, "afxdp_redirect");
+    if (!program) {
+        error = -ENOENT;
+        goto close;
+    }
+    out->program_fd = bpf_program__fd(program);
+    out->xsks_map_fd = map_fd(object, "afxdp_xsks");
+    out->config_map_fd = map_fd(object, "afxdp_config");
+    out->counters_map_fd = map_fd(object, "afxdp_counters");
+    if (out->program_fd < 0 || out->xsks_map_fd < 0 || out->config_map_fd < 0 || out->counters_map_fd < 0) {
+        error = -ENOENT;
+        goto close;
+    }
+    out->object = object;
+    goto out;
+
+close:
+    bpf_object__close(object);
+    memset(out, 0, sizeof(*out));
+out:
+    if (log && log_size) {
+        size_t n = libbpf_messages_length < log_size - 1 ? libbpf_messages_length : log_size - 1;
+        memcpy(log, libbpf_messages, n);
+        log[n] = '\0';
+    }
+    return error;
+}
+
+void cafxdp_program_close(cafxdp_program *program)
+{
+    if (program->object)
+        bpf_object__close(program->object);
+    memset(program, 0, sizeof(*program));
+}
+
+int cafxdp_umem_create(struct xsk_umem **umem, void *area, uint64_t size,
+                       uint32_t fill_size, uint32_t completion_size,
+                       uint32_t frame_size, uint32_t frame_headroom,
+                       cafxdp_rings *rings)
+{
+    memset(&rings->fill, 0, sizeof(rings->fill));
+    memset(&rings->completion, 0, sizeof(rings->completion));
+    struct xsk_umem_config config = {
+        .fill_size = fill_size,
+        .comp_size = completion_size,
+        .frame_size = frame_size,
+        .frame_headroom = frame_headroom,
+        .flags = 0,
+    };
+    return xsk_umem__create(umem, area, size, &rings->fill, &rings->completion, &config);
+}
+
+int cafxdp_socket_create(struct xsk_socket **socket, const char *ifname,
+                         uint32_t queue, struct xsk_umem *umem,
+                         uint32_t rx_size, uint32_t tx_size,
+                         uint16_t bind_flags, cafxdp_rings *rings)
+{
+    memset(&rings->rx, 0, sizeof(rings->rx));
+    memset(&rings->tx, 0, sizeof(rings->tx));
+    struct xsk_socket_config config = {
+        .rx_size = rx_size,
+        .tx_size = tx_size,
+        .libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+        .xdp_flags = 0,
+        .bind_flags = bind_flags,
+    };
+    return xsk_socket__create(socket, ifname, queue, umem, &rings->rx, &rings->tx, &config);
+}
+
+int cafxdp_statistics(int fd, struct xdp_statistics *out)
+{
+    socklen_t length = sizeof(*out);
+    memset(out, 0, sizeof(*out));
+    if (getsockopt(fd, SOL_XDP, XDP_STATISTICS, out, &length) != 0)
+        return -errno;
+    return 0;
+}
+
+int cafxdp_enter_network_namespace(int fd)
+{
+    return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
+}

@@ -1,0 +1,2 @@
+import AFXDP
+print("afxdp-bench: not yet")
