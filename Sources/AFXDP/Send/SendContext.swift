@@ -30,6 +30,8 @@ final class SendContext: @unchecked Sendable {
     /// Frames placed and not yet reaped from the completion ring. Never more
     /// than the completion ring holds, so the kernel never finds it full.
     private(set) var framesInFlight: UInt32 = 0
+    /// Frames in the priority queues, not yet placed.
+    private var queuedFrames: UInt32 = 0
     /// Lists completed by the current pass, delivered as one batch.
     private let completedBatch: UnsafeMutablePointer<PacketList>
     private var completedCount = 0
@@ -114,6 +116,7 @@ final class SendContext: @unchecked Sendable {
             pool.lists[Int(queueTails[priority])].next = slot
         }
         queueTails[priority] = slot
+        queuedFrames += record.pointee.count
         counters.add(queued: Int(record.pointee.count))
     }
 
@@ -130,6 +133,7 @@ final class SendContext: @unchecked Sendable {
                 var frame = record.pointee.placeCursor
                 while frame != noSlot { unplaced += 1; frame = pool.frames[Int(frame)].next }
                 counters.add(queued: -unplaced)
+                queuedFrames -= UInt32(unplaced)
                 record.pointee.placeCursor = noSlot
                 record.pointee.status = status
                 if !record.pointee.inFlight { appendInFlight(slot) }
@@ -150,10 +154,11 @@ final class SendContext: @unchecked Sendable {
     /// Moves queued frames into the TX ring, highest priority first, as far as
     /// the TX ring and the completion ring allow.
     private func place() -> Bool {
-        let completionRoom = completion.size &- framesInFlight
-        var budget = min(completionRoom, tx.freeCount(wanted: completionRoom))
+        guard queuedFrames > 0 else { return false }
+        let wanted = min(completion.size &- framesInFlight, queuedFrames)
+        var budget = min(wanted, tx.freeCount(wanted: wanted))
         guard budget > 0 else {
-            if hasQueued { counters.noteRingFull() }
+            counters.noteRingFull()
             return false
         }
         let (start, granted) = tx.reserve(upTo: budget)
@@ -189,6 +194,7 @@ final class SendContext: @unchecked Sendable {
         guard placed > 0 else { return false }
         tx.submit()
         framesInFlight &+= placed
+        queuedFrames -= placed
         counters.add(queued: -Int(placed))
         return true
     }
