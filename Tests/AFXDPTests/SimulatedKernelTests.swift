@@ -811,3 +811,53 @@ struct SimulatedKernelTests {
         expectAllHome(port, kernel)
     }
 }
+
+/// Completed lists are the caller's again and may be sent again without
+/// being returned (`Port` documents this). The engine does not reset a list's
+/// status when it takes it back, so a list sent a second time carries its
+/// first completion's status through the whole second send.
+@Suite("Sending a completed list again")
+struct ResendTests {
+    @Test("A completed list sent again is .pending until it completes, and is counted as sent")
+    func resentListIsCountedAsSent() throws {
+        let port = SimulatedPort(sendFrames: 16, txSize: 8, completionSize: 8)
+        var kernel = SimulatedKernel(port)
+        try #require(try port.sendNew(packetCount: 2) != nil)
+        drive(port, &kernel) { port.log.entries.count == 1 }
+        let list = port.log.entries[0].list
+        #expect(list.status == .success)
+
+        try port.sendAgain(list)
+        #expect(list.status == .pending, "sent again and not completed yet")
+        drive(port, &kernel) { port.log.entries.count == 2 }
+        #expect(port.log.entries.map(\.status) == [.success, .success])
+        #expect(kernel.wire.count == 4)
+        let counters = port.counters
+        #expect(counters.packets == 4, "both sends counted")
+        #expect(counters.bytes == port.sentBytes)
+        #expect(counters.dropped == 0, "nothing was dropped")
+        try port.returnList(list)
+        expectAllHome(port, kernel)
+    }
+
+    @Test("A list completed with .paused and sent again after restart goes out and completes with .success")
+    func resentAfterPauseCompletesWithSuccess() throws {
+        let port = SimulatedPort(sendFrames: 16, txSize: 8, completionSize: 8)
+        var kernel = SimulatedKernel(port)
+        port.admission = .paused
+        try #require(try port.sendNew(packetCount: 2) != nil)
+        #expect(port.log.entries.map(\.status) == [.paused])
+        #expect(kernel.transmit() == 0, "nothing went out while paused")
+        let list = port.log.entries[0].list
+
+        port.admission = .success
+        try port.sendAgain(list)
+        drive(port, &kernel) { port.log.entries.count == 2 }
+        #expect(kernel.wire.count == 2, "the second send went out whole")
+        #expect(port.log.entries.map(\.status) == [.paused, .success])
+        #expect(port.counters.dropped == 1)
+        #expect(port.counters.packets == 2)
+        try port.returnList(list)
+        expectAllHome(port, kernel)
+    }
+}
