@@ -12,19 +12,19 @@ struct RingWraparoundTests {
     }
 
     @Test("ProducerRing: every entry reaches the consumer once, in order", arguments: ringCapacities, ringStartIndices)
-    func producerStream(capacity: UInt32, start: UInt32) {
+    func producerStream(capacity: UInt32, start: UInt32) throws {
         for count in Self.counts(for: capacity) {
             for seed in UInt64(1)...3 {
-                checkProducerStream(capacity: capacity, start: start, count: count, seed: seed)
+                try checkProducerStream(capacity: capacity, start: start, count: count, seed: seed)
             }
         }
     }
 
     @Test("ConsumerRing: every entry is read once, in order", arguments: ringCapacities, ringStartIndices)
-    func consumerStream(capacity: UInt32, start: UInt32) {
+    func consumerStream(capacity: UInt32, start: UInt32) throws {
         for count in Self.counts(for: capacity) {
             for seed in UInt64(1)...3 {
-                checkConsumerStream(capacity: capacity, start: start, count: count, seed: seed)
+                try checkConsumerStream(capacity: capacity, start: start, count: count, seed: seed)
             }
         }
     }
@@ -32,7 +32,7 @@ struct RingWraparoundTests {
     /// The engine produces with `ProducerRing` (reserving chunks that are
     /// sometimes larger than the free space, sometimes submitting later); the
     /// test consumes on the heap side in chunks of its own.
-    func checkProducerStream(capacity: UInt32, start: UInt32, count: Int, seed: UInt64) {
+    func checkProducerStream(capacity: UInt32, start: UInt32, count: Int, seed: UInt64) throws {
         let heap = HeapRing<UInt64>(size: capacity, startIndex: start)
         defer { heap.deallocate() }
         var ring = ProducerRing<UInt64>(heap.memory)
@@ -53,11 +53,11 @@ struct RingWraparoundTests {
             }
             // Producer side.
             let free = size - (reserved - consumed)
-            #expect(Int(ring.outstanding) == reserved - consumed, context)
+            try #require(Int(ring.outstanding) == reserved - consumed, context)
             let wanted = min(Int.random(in: 0...(size + 3), using: &random), count - reserved)
             let (first, granted) = ring.reserve(upTo: UInt32(wanted))
-            #expect(first == ringIndex(start, plus: reserved), context)
-            #expect(Int(granted) == min(wanted, free), context)
+            try #require(first == ringIndex(start, plus: reserved), context)
+            try #require(Int(granted) == min(wanted, free), context)
             for i in 0..<Int(granted) {
                 ring[first &+ UInt32(i)] = streamValue(reserved + i)
             }
@@ -66,17 +66,17 @@ struct RingWraparoundTests {
                 ring.submit()
                 submitted = reserved
             }
-            #expect(heap.producerIndex == ringIndex(start, plus: submitted), context)
-            #expect(Int(ring.freeCount(wanted: capacity)) == size - (reserved - consumed), context)
+            try #require(heap.producerIndex == ringIndex(start, plus: submitted), context)
+            try #require(Int(ring.freeCount(wanted: capacity)) == size - (reserved - consumed), context)
 
             // Consumer side (the test).
             let available = Int(heap.producerIndex &- heap.consumerIndex)
-            #expect(available == submitted - consumed, context)
+            try #require(available == submitted - consumed, context)
             let take = available == 0 ? 0 : Int.random(in: 0...available, using: &random)
             for i in 0..<take {
                 let index = ringIndex(start, plus: consumed + i)
                 let entry = rawEntry(heap, at: index)
-                #expect(heap[index] == entry, context)
+                try #require(heap[index] == entry, context)
                 received.append(entry)
             }
             consumed += take
@@ -97,7 +97,7 @@ struct RingWraparoundTests {
     /// The test produces on the heap side; the engine reads with
     /// `ConsumerRing`, sometimes cancelling the tail of what it peeked and
     /// releasing only now and then.
-    func checkConsumerStream(capacity: UInt32, start: UInt32, count: Int, seed: UInt64) {
+    func checkConsumerStream(capacity: UInt32, start: UInt32, count: Int, seed: UInt64) throws {
         let heap = HeapRing<UInt64>(size: capacity, startIndex: start)
         defer { heap.deallocate() }
         var ring = ConsumerRing<UInt64>(heap.memory)
@@ -121,7 +121,7 @@ struct RingWraparoundTests {
                 return
             }
             // Producer side (the test).
-            #expect(Int(heap.producerIndex &- heap.consumerIndex) == produced - released, context)
+            try #require(Int(heap.producerIndex &- heap.consumerIndex) == produced - released, context)
             let free = size - (produced - released)
             let put = min(Int.random(in: 0...free, using: &random), count - produced)
             for i in 0..<put {
@@ -132,17 +132,17 @@ struct RingWraparoundTests {
 
             // Consumer side.
             if Bool.random(using: &random) {
-                #expect(Int(ring.availableCount()) == produced - peeked, context)
+                try #require(Int(ring.availableCount()) == produced - peeked, context)
                 viewOfProducer = produced
             }
             let wanted = Int.random(in: 0...(size + 3), using: &random)
             if viewOfProducer == peeked { viewOfProducer = produced }
             let (first, got) = ring.peek(upTo: UInt32(wanted))
-            #expect(first == ringIndex(start, plus: peeked), context)
-            #expect(Int(got) == min(wanted, viewOfProducer - peeked), context)
+            try #require(first == ringIndex(start, plus: peeked), context)
+            try #require(Int(got) == min(wanted, viewOfProducer - peeked), context)
             for i in 0..<Int(got) {
                 let index = first &+ UInt32(i)
-                #expect(ring[index] == rawEntry(heap, at: ringIndex(start, plus: peeked + i)), context)
+                try #require(ring[index] == rawEntry(heap, at: ringIndex(start, plus: peeked + i)), context)
                 readNotReleased.append(ring[index])
             }
             peeked += Int(got)
@@ -158,7 +158,7 @@ struct RingWraparoundTests {
                 received += readNotReleased
                 readNotReleased.removeAll()
             }
-            #expect(heap.consumerIndex == ringIndex(start, plus: released), context)
+            try #require(heap.consumerIndex == ringIndex(start, plus: released), context)
         }
 
         #expect(received == (0..<count).map(streamValue), context)
