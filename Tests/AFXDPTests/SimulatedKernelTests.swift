@@ -134,6 +134,24 @@ final class SimulatedPort {
         return progress
     }
 
+    /// The send side of `Port.close`: drain with `.closing` (what the kernel
+    /// completes in time completes with `.success`), then, the socket being
+    /// gone, abandon what is still in flight and rebuild the send pool.
+    func close(drainPasses: Int) {
+        admission = .closing
+        for _ in 0..<drainPasses {
+            let busy = doorbell.ownership.withOwnership { () -> Bool in
+                context.service(mailbox: doorbell.mailbox, admit: .closing)
+                return context.hasWork
+            }
+            if !busy { break }
+        }
+        doorbell.ownership.acquire()
+        context.abandonInFlight()
+        pool.rebuildSendPool()
+        doorbell.ownership.release()
+    }
+
     /// `Port.returnList` for a send-pool list.
     func returnList(_ list: PacketList) throws(AFXDPError) {
         try pool.transition(list, from: .caller, to: .free, bumpGeneration: true)
@@ -824,7 +842,7 @@ struct ResendTests {
         var kernel = SimulatedKernel(port)
         try #require(try port.sendNew(packetCount: 2) != nil)
         drive(port, &kernel) { port.log.entries.count == 1 }
-        let list = port.log.entries[0].list
+        let list = try #require(port.log.entries.first).list
         #expect(list.status == .success)
 
         try port.sendAgain(list)
@@ -848,7 +866,7 @@ struct ResendTests {
         try #require(try port.sendNew(packetCount: 2) != nil)
         #expect(port.log.entries.map(\.status) == [.paused])
         #expect(kernel.transmit() == 0, "nothing went out while paused")
-        let list = port.log.entries[0].list
+        let list = try #require(port.log.entries.first).list
 
         port.admission = .success
         try port.sendAgain(list)
@@ -859,5 +877,41 @@ struct ResendTests {
         #expect(port.counters.packets == 2)
         try port.returnList(list)
         expectAllHome(port, kernel)
+    }
+}
+
+@Suite("Closing the send region")
+struct CloseTests {
+    @Test("Close with a stalled kernel: lists it finished complete .success, every other list .closing, once, in order; every frame comes home")
+    func closeWithStalledKernel() throws {
+        let port = SimulatedPort(sendFrames: 64, txSize: 8, completionSize: 64)
+        var kernel = SimulatedKernel(port)
+        // Lists of three: 0 and 1 fill six TX slots, 2 takes the last two.
+        let lists = try (0..<8).map { _ in try #require(try port.sendNew(packetCount: 3)) }
+        #expect(kernel.transmit() == 8)
+        // The kernel finishes list 0 only, and the engine has not reaped it yet.
+        #expect(kernel.complete(limit: 3) == 3)
+        // Held by the caller across the close: allocated, never sent.
+        let unsent = try #require(port.pool.allocate(packetCount: 2))
+
+        port.close(drainPasses: 5)
+        #expect(port.log.sequences == lists)
+        #expect(port.log.entries.map(\.status) == [.success] + Array(repeating: .closing, count: 7))
+        #expect(port.context.framesInFlight == 0)
+        #expect(!port.context.hasWork)
+        let counters = port.counters
+        #expect(counters.completedLists == 8)
+        #expect(counters.dropped == 7)
+        #expect(counters.packets == 3)
+        #expect(counters.queuedFrames == 0)
+        #expect(kernel.wire.count == 8, "nothing was placed once closing began")
+
+        // The caller's lists are still the caller's: returning them brings every frame home.
+        #expect(port.pool.isCurrent(unsent))
+        try port.returnList(unsent)
+        try port.returnAllCompleted()
+        let home = port.pool.sendPoolCounts
+        #expect(home.frames == port.sendFrameCount)
+        #expect(home.lists == port.sendFrameCount)
     }
 }
