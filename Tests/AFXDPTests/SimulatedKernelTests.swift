@@ -914,4 +914,32 @@ struct CloseTests {
         #expect(home.frames == port.sendFrameCount)
         #expect(home.lists == port.sendFrameCount)
     }
+
+    /// `Port.close` drains, then takes the send region for good
+    /// (`sendDoorbell.ownership.acquire()`), closes the socket, calls
+    /// `abandonInFlight()` and `rebuildSendPool()`. A `Port.send` racing with
+    /// it (allowed: any call, any thread, any time) passes the `!= .closed`
+    /// check, moves its list to `.engine` and pushes it into the mailbox; its
+    /// `tryAcquire` fails because close owns the region, so it returns.
+    @Test("A list left in the mailbox while close owns the send region completes once, and its frames stay its own")
+    func listInMailboxAtClose() throws {
+        let port = SimulatedPort(sendFrames: 16, txSize: 8, completionSize: 8)
+        port.close(drainPasses: 5)  // nothing outstanding: the drain ends at once
+
+        // The racing send, landing after the drain while close owns the region.
+        let list = try #require(port.pool.allocate(packetCount: 2))
+        let sequence = try port.prepare(list)
+        port.doorbell.ownership.acquire()
+        try port.send(list)
+        #expect(!port.doorbell.mailbox.isEmpty, "the list waits in the mailbox for the region's owner")
+        port.context.abandonInFlight()
+        port.pool.rebuildSendPool()
+        port.doorbell.ownership.release()
+
+        #expect(port.log.sequences == [sequence], "every list sent completes exactly once")
+        #expect(port.log.entries.map(\.status) == [.closing])
+        #expect(
+            port.pool.sendPoolCounts.frames == port.sendFrameCount - 2,
+            "the frames of a list that is not back with the caller are not in the free pool")
+    }
 }
