@@ -789,7 +789,9 @@ struct SimulatedKernelTests {
 
         // Lengths.
         let list = try #require(pool.allocate(packetCount: 2))
-        let packet = try #require(list.packets.first(where: { _ in true }))
+        var packets = list.packets.makeIterator()
+        let first = packets.next()
+        let packet = try #require(first)
         #expect(packet.capacity == SimulatedPort.frameSize - 256)
         #expect(throws: AFXDPError.emptyFrame) { try packet.setLength(0) }
         #expect(throws: AFXDPError.emptyFrame) { try packet.setLength(-1) }
