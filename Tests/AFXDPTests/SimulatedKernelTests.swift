@@ -34,6 +34,9 @@ final class CompletionLog: @unchecked Sendable {
     }
     var entries: [Entry] = []
     var batches = 0
+    /// Called with each batch's entries once they are logged, still inside
+    /// the completion handler (where a caller may send the lists again).
+    var onBatch: ((ArraySlice<Entry>) throws -> Void)?
 
     var sequences: [Int] { entries.map(\.sequence) }
 }
@@ -85,9 +88,15 @@ final class SimulatedPort {
             kickOnlyWhenAsked: true, batchSize: 64,
             onComplete: { batch in
                 log.batches += 1
+                let first = log.entries.count
                 for list in batch {
                     log.entries.append(.init(
                         sequence: list.contextArea.load(as: Int.self), status: list.status, list: list))
+                }
+                do {
+                    try log.onBatch?(log.entries[first...])
+                } catch {
+                    Issue.record(error, "in the completion handler")
                 }
             })
     }
@@ -711,6 +720,41 @@ struct SimulatedKernelTests {
         #expect(kernel.malformed == [])
         #expect(kernel.completionRingOverruns == 0)
         #expect(port.log.entries.allSatisfy { $0.status == .success })
+        expectAllHome(port, kernel)
+    }
+
+    @Test("Lists sent again from inside the completion handler go out and complete in send order")
+    func resendFromCompletionHandler() throws {
+        let port = SimulatedPort(sendFrames: 128, txSize: 16, completionSize: 32)
+        var kernel = SimulatedKernel(port)
+        var random = SimulationRandom(seed: 10)
+        var sent: [(sequence: Int, count: Int)] = []
+        let rounds = 5
+        // Each list goes round `rounds` times; the handler sends it again
+        // while the send region is still busy delivering the batch.
+        port.log.onBatch = { [unowned port] batch in
+            for entry in batch where port.nextSequence < 40 * rounds {
+                sent.append((try port.sendAgain(entry.list), entry.list.count))
+            }
+        }
+        for _ in 0..<40 {
+            let count = Int.random(in: 1...4, using: &random)
+            sent.append((try #require(try port.sendNew(packetCount: count)), count))
+        }
+        var passes = 0
+        while port.log.entries.count < 40 * rounds && passes < 100_000 {
+            passes += 1
+            kernel.transmit(limit: Int.random(in: 0...16, using: &random))
+            kernel.complete(limit: Int.random(in: 0...32, using: &random), order: .shuffled)
+            if Bool.random(using: &random) { port.poll() } else { port.serviceSend() }
+        }
+        #expect(sent.count == 40 * rounds)
+        #expect(port.log.sequences == sent.map(\.sequence))
+        #expect(kernel.wire == expectedWire(sent))
+        #expect(port.log.entries.allSatisfy { $0.status == .success })
+        #expect(port.doorbell.mailbox.isEmpty)
+        port.log.onBatch = nil
+        for entry in port.log.entries.suffix(40) { try port.returnList(entry.list) }
         expectAllHome(port, kernel)
     }
 
