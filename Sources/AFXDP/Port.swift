@@ -140,6 +140,7 @@ public final class Port: @unchecked Sendable {
             pool: pool, rx: socket.rx, fill: socket.fill, socketFD: socket.fd,
             batchSize: configuration.receiveBatchSize, onReceive: onReceive)
         receiveContext.port = self
+        sendContext.port = self
         // Give the kernel its receive frames before the first frame arrives.
         receiveDoorbell.ownership.withOwnership { receiveContext.service(mailbox: receiveDoorbell.mailbox) }
         if configuration.ownThread { startServiceThread() }
@@ -179,15 +180,14 @@ public final class Port: @unchecked Sendable {
     /// list stays the caller's.
     public func send(_ list: PacketList) throws(AFXDPError) {
         guard list.pool === pool else { throw .foreignList }
-        guard currentState != .closed else { throw .portClosed }
+        // A stale or busy handle says so before anything is read through it.
+        try pool.transition(list, from: .caller, to: .caller)
         var frame = list.record.pointee.head
         while frame != noSlot {
-            if pool.frames[Int(frame)].length == 0 {
-                _ = try? pool.transition(list, from: .caller, to: .caller)  // stale handles say so first
-                throw .emptyFrame
-            }
+            if pool.frames[Int(frame)].length == 0 { throw .emptyFrame }
             frame = pool.frames[Int(frame)].next
         }
+        guard currentState != .closed else { throw .portClosed }
         try pool.transition(list, from: .caller, to: .engine)
         sendDoorbell.mailbox.push(list.slot, links: pool.lists)
         serviceSend()
@@ -198,10 +198,22 @@ public final class Port: @unchecked Sendable {
     @inline(__always)
     private func serviceSend() {
         while sendDoorbell.ownership.tryAcquire() {
-            sendContext.service(mailbox: sendDoorbell.mailbox, admit: admission)
+            runSendPass()
             sendDoorbell.ownership.release()
             if sendDoorbell.mailbox.isEmpty { return }
         }
+    }
+
+    /// One send pass, by the send region's owner. Once the port is closed
+    /// the rings are gone: lists that slipped into the mailbox during close
+    /// complete with `.closing` instead.
+    @inline(__always)
+    @discardableResult
+    private func runSendPass() -> Bool {
+        if currentState == .closed {
+            return sendContext.completeMailboxAfterClose(sendDoorbell.mailbox)
+        }
+        return sendContext.service(mailbox: sendDoorbell.mailbox, admit: admission)
     }
 
     // MARK: Receive
@@ -229,11 +241,16 @@ public final class Port: @unchecked Sendable {
     public func poll() -> Bool {
         var progress = false
         if sendDoorbell.ownership.tryAcquire() {
-            progress = sendContext.service(mailbox: sendDoorbell.mailbox, admit: admission)
+            progress = runSendPass()
             sendDoorbell.ownership.release()
         }
         if receiveDoorbell.ownership.tryAcquire() {
-            if receiveContext.service(mailbox: receiveDoorbell.mailbox) { progress = true }
+            // After close the receive rings are gone; returns are still taken back.
+            if currentState == .closed {
+                if receiveContext.takeReturns(receiveDoorbell.mailbox) { progress = true }
+            } else if receiveContext.service(mailbox: receiveDoorbell.mailbox) {
+                progress = true
+            }
             receiveDoorbell.ownership.release()
         }
         return progress
@@ -335,12 +352,14 @@ public final class Port: @unchecked Sendable {
             }
             if program != nil && socket.isOpen == false {}
         }
-        sendContext.abandonInFlight()
+        sendContext.abandonInFlight(mailbox: sendDoorbell.mailbox)
         receiveContext.reclaimAfterSocketClosed(receiveDoorbell.mailbox)
         pool.rebuildSendPool()
         state.store(PortState.closed.rawValue, ordering: .sequentiallyConsistent)
         receiveDoorbell.ownership.release()
         sendDoorbell.ownership.release()
+        // A send that raced with close may have left its list in the mailbox.
+        serviceSend()
     }
 
     // MARK: Statistics

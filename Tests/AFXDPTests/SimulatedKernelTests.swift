@@ -156,7 +156,7 @@ final class SimulatedPort {
             if !busy { break }
         }
         doorbell.ownership.acquire()
-        context.abandonInFlight()
+        context.abandonInFlight(mailbox: doorbell.mailbox)
         pool.rebuildSendPool()
         doorbell.ownership.release()
     }
@@ -978,7 +978,7 @@ struct CloseTests {
         port.doorbell.ownership.acquire()
         try port.send(list)
         #expect(!port.doorbell.mailbox.isEmpty, "the list waits in the mailbox for the region's owner")
-        port.context.abandonInFlight()
+        port.context.abandonInFlight(mailbox: port.doorbell.mailbox)
         port.pool.rebuildSendPool()
         port.doorbell.ownership.release()
 

@@ -36,6 +36,8 @@ final class ReceiveContext: @unchecked Sendable {
     let batchSize: UInt32
     /// Below this many frames with the kernel, the port is low on receive resources.
     let lowWatermark: Int
+    /// Whether the last refill left the kernel fewer than `lowWatermark` frames.
+    private(set) var isLowOnResources = false
     let socketFD: Int32
     var onReceive: @Sendable (ReceiveIndication) -> Void
     unowned(unsafe) var port: Port!
@@ -134,6 +136,10 @@ final class ReceiveContext: @unchecked Sendable {
         }
         if ring.needsWakeup { SystemCalls.wakeReceive(socketFD) }
         fill = ring
+        // Every frame not with the kernel is held by the caller: report it once per episode.
+        let low = framesWithKernel < lowWatermark
+        if low && !isLowOnResources { counters.noteLowResources() }
+        isLowOnResources = low
     }
 
     /// Indicates one list of up to `batchSize` received packets.
@@ -165,9 +171,7 @@ final class ReceiveContext: @unchecked Sendable {
         list.pointee.tail = previous
         list.pointee.count = count
         pool.resetHeader(slot)
-        let low = framesWithKernel + freeFrames.count < lowWatermark
-        list.pointee.lowResources = low
-        if low { counters.noteLowResources() }
+        list.pointee.lowResources = framesWithKernel + freeFrames.count < lowWatermark
         held.store(held.load(ordering: .relaxed) &+ Int(count), ordering: .relaxed)
         counters.add(packets: Int(count), bytes: bytes)
         let generation = pool.generation(of: slot)

@@ -39,6 +39,8 @@ final class SendContext: @unchecked Sendable {
     let kickOnlyWhenAsked: Bool
     let batchSize: UInt32
     var onComplete: @Sendable (SendCompletions) -> Void
+    /// The port this region belongs to; set once, right after the port is made.
+    unowned(unsafe) var port: Port!
 
     // MARK: Counters (owner writes, anyone reads)
     let counters: SendCounters
@@ -86,16 +88,7 @@ final class SendContext: @unchecked Sendable {
     /// new and queued lists complete with that status instead of being sent.
     @discardableResult
     func service(mailbox: SlotMailbox, admit: SendStatus) -> Bool {
-        var progress = false
-        if !mailbox.isEmpty {
-            progress = true
-            var slot = mailbox.takeAll(links: pool.lists)
-            while slot != noSlot {
-                let next = pool.lists[Int(slot)].next
-                enqueue(slot)
-                slot = next
-            }
-        }
+        var progress = takeMailbox(mailbox)
         if admit != .success { stopPlacing(status: admit) }
         if reapCompletions() { progress = true }
         if admit == .success, place() { progress = true }
@@ -105,9 +98,33 @@ final class SendContext: @unchecked Sendable {
         return progress || completedCount > 0
     }
 
+    /// Moves what other threads sent into the priority queues, in send order.
+    @discardableResult
+    private func takeMailbox(_ mailbox: SlotMailbox) -> Bool {
+        guard !mailbox.isEmpty else { return false }
+        var slot = mailbox.takeAll(links: pool.lists)
+        while slot != noSlot {
+            let next = pool.lists[Int(slot)].next
+            enqueue(slot)
+            slot = next
+        }
+        return true
+    }
+
+    /// After close: lists sent while the port was closing complete with
+    /// `.closing`, in order; nothing touches the (gone) rings.
+    func completeMailboxAfterClose(_ mailbox: SlotMailbox) -> Bool {
+        guard takeMailbox(mailbox) else { return false }
+        stopPlacing(status: .closing)
+        collectCompleted()
+        deliver()
+        return true
+    }
+
     private func enqueue(_ slot: UInt32) {
         let record = pool.lists + Int(slot)
         record.pointee.next = noSlot
+        record.pointee.status = .pending
         record.pointee.placeCursor = record.pointee.head
         let priority = Int(record.pointee.priority)
         if queueTails[priority] == noSlot {
@@ -272,15 +289,17 @@ final class SendContext: @unchecked Sendable {
 
     private func deliver() {
         guard completedCount > 0 else { return }
-        let batch = SendCompletions(lists: UnsafeBufferPointer(start: completedBatch, count: completedCount))
+        let batch = SendCompletions(port: port, lists: UnsafeBufferPointer(start: completedBatch, count: completedCount))
         counters.add(completedLists: completedCount)
         completedCount = 0
         onComplete(batch)
     }
 
-    /// Close, once the socket is gone: every list still in flight completes
-    /// with `.closing`; the kernel no longer holds its frames.
-    func abandonInFlight() {
+    /// Close, once the socket is gone: every list still queued, in flight or
+    /// in the mailbox completes with `.closing`; the kernel no longer holds
+    /// its frames.
+    func abandonInFlight(mailbox: SlotMailbox) {
+        takeMailbox(mailbox)
         stopPlacing(status: .closing)
         var slot = inFlightHead
         while slot != noSlot {
@@ -297,6 +316,8 @@ final class SendContext: @unchecked Sendable {
 /// The lists one send pass completed, in completion order. Valid only during
 /// the completion handler call: copy the handles out if you keep them.
 public struct SendCompletions: RandomAccessCollection {
+    /// The port that completed them (nil only in tests that drive a send region alone).
+    public let port: Port!
     public let lists: UnsafeBufferPointer<PacketList>
     public var startIndex: Int { 0 }
     public var endIndex: Int { lists.count }

@@ -57,9 +57,12 @@ struct RegionOwnership: @unchecked Sendable {
         while !tryAcquire() { sched_yield() }
     }
 
+    /// Lets go. Sequentially consistent, because the owner checks its mailbox
+    /// right after: a plain store could be reordered after that load, and a
+    /// thread that pushed meanwhile and failed `tryAcquire` would be missed.
     @inline(__always)
     func release() {
-        flag.store(false, ordering: .releasing)
+        _ = flag.exchange(false, ordering: .sequentiallyConsistent)
     }
 
     /// Runs `body` as the owner, waiting for ownership first.
@@ -89,8 +92,9 @@ struct SlotMailbox: @unchecked Sendable {
         var expected = head.load(ordering: .relaxed)
         while true {
             links[Int(slot)].next = expected
+            // Sequentially consistent: pairs with RegionOwnership.release (see there).
             let (done, current) = head.weakCompareExchange(
-                expected: expected, desired: slot, ordering: .releasing)
+                expected: expected, desired: slot, ordering: .sequentiallyConsistent)
             if done { return }
             expected = current
         }
@@ -113,7 +117,7 @@ struct SlotMailbox: @unchecked Sendable {
     }
 
     @inline(__always)
-    var isEmpty: Bool { head.load(ordering: .relaxed) == noSlot }
+    var isEmpty: Bool { head.load(ordering: .sequentiallyConsistent) == noSlot }
 }
 
 /// Marks the end of a chain of slots or frames.

@@ -1,0 +1,214 @@
+import AFXDP
+import AFXDPTestbed
+import Atomics
+import Glibc
+
+/// Several independent senders share one port in some tests: the top 16 bits
+/// of a sequence number name the stream, the rest count within it.
+enum Stream {
+    static func sequence(stream: Int, _ n: UInt64) -> UInt64 { UInt64(stream) << 48 | n }
+    static func split(_ sequence: UInt64) -> (stream: Int, n: UInt64) { (Int(sequence >> 48), sequence & 0xFFFF_FFFF_FFFF) }
+    static let count = 16
+}
+
+/// Checks what a port receives: per stream, every sequence number once, in
+/// order, with an intact payload. Touched only by the receive handler (the
+/// receive side has one owner at a time) and after traffic has stopped.
+final class ReceiveChecker: @unchecked Sendable {
+    // @unchecked: see above; `receivedCount` is atomic for senders' windows.
+    private var next = [UInt64](repeating: 0, count: Stream.count)
+    private(set) var outOfOrder = 0
+    private(set) var corrupted = 0
+    private(set) var foreign = 0
+    private(set) var lowResourceIndications = 0
+    private let received = ManagedAtomic<Int>(0)
+    /// When set, lists are kept (not returned) until `returnHeld`.
+    let holding = ManagedAtomic<Bool>(false)
+    let held = TestLock<[PacketList]>([])
+    /// The sequence numbers of held packets, as read when they arrived.
+    private(set) var heldSequences: [UInt64] = []
+    /// When set, lists go to this queue for other threads to return.
+    let handOff: TestLock<[PacketList]>?
+
+    init(handOff: Bool = false) {
+        self.handOff = handOff ? TestLock([]) : nil
+    }
+
+    var receivedCount: Int { received.load(ordering: .acquiring) }
+    func nextExpected(stream: Int) -> UInt64 { next[stream] }
+
+    func handle(_ indication: ReceiveIndication) {
+        if indication.lowResources { lowResourceIndications += 1 }
+        var count = 0
+        for packet in indication.list.packets {
+            guard let parsed = TestFrame.parse(UnsafeRawBufferPointer(packet.bytes)) else {
+                foreign += 1
+                continue
+            }
+            if !parsed.intact { corrupted += 1 }
+            if holding.load(ordering: .relaxed) { heldSequences.append(parsed.sequence) }
+            let (stream, n) = Stream.split(parsed.sequence)
+            if n != next[stream] { outOfOrder += 1 }
+            next[stream] = n &+ 1
+            count += 1
+        }
+        received.wrappingIncrement(by: count, ordering: .releasing)
+        if holding.load(ordering: .relaxed) {
+            held.withLock { $0.append(indication.list) }
+        } else if let handOff {
+            handOff.withLock { $0.append(indication.list) }
+        } else {
+            do { try indication.port.returnList(indication.list) } catch { fatalError("return failed: \(error)") }
+        }
+    }
+
+    func returnHeld(to port: Port) throws {
+        for list in held.withLock({ lists in defer { lists.removeAll() }; return lists }) {
+            try port.returnList(list)
+        }
+    }
+}
+
+/// Checks what a port completes: per stream, every list exactly once, in
+/// the order sent, with the expected status. Completed lists go to a free
+/// queue the generator reuses. Each list's context area carries
+/// (stream, list number).
+final class CompletionChecker: @unchecked Sendable {
+    // @unchecked: mutable state is behind `state`.
+    struct State {
+        var nextList = [UInt64](repeating: 0, count: Stream.count)
+        var completed = 0
+        var outOfOrder = 0
+        var statuses: [SendStatus: Int] = [:]
+        var seen = Set<PacketList>()
+        var duplicates = 0
+        var free: [PacketList] = []
+    }
+    let state = TestLock(State())
+    let trackIdentity: Bool
+
+    init(trackIdentity: Bool = false) { self.trackIdentity = trackIdentity }
+
+    static func tag(_ list: PacketList, stream: Int, number: UInt64) {
+        list.contextArea.storeBytes(of: UInt64(stream), toByteOffset: 0, as: UInt64.self)
+        list.contextArea.storeBytes(of: number, toByteOffset: 8, as: UInt64.self)
+    }
+
+    static func tagOf(_ list: PacketList) -> (stream: Int, number: UInt64) {
+        (Int(list.contextArea.load(fromByteOffset: 0, as: UInt64.self)), list.contextArea.load(fromByteOffset: 8, as: UInt64.self))
+    }
+
+    func handle(_ batch: SendCompletions) {
+        state.withLock { state in
+            for list in batch {
+                let (stream, number) = Self.tagOf(list)
+                if number != state.nextList[stream] { state.outOfOrder += 1 }
+                state.nextList[stream] = number &+ 1
+                state.completed += 1
+                state.statuses[list.status, default: 0] += 1
+                state.free.append(list)
+            }
+        }
+    }
+
+    var completed: Int { state.withLock { $0.completed } }
+    func takeFree() -> [PacketList] { state.withLock { s in defer { s.free.removeAll(keepingCapacity: true) }; return s.free } }
+}
+
+/// Writes test frames into a list: packet k gets sequence `first + k`.
+func fill(_ list: PacketList, stream: Int, firstSequence: UInt64, length: Int, from: MACAddress, to: MACAddress) throws {
+    var n = firstSequence
+    for packet in list.packets {
+        TestFrame.write(
+            into: packet.buffer, length: length, sequence: Stream.sequence(stream: stream, n), source: from, destination: to)
+        try packet.setLength(length)
+        n += 1
+    }
+}
+
+/// Sends `total` frames from `port` in lists of `batch`, reusing completed
+/// lists, keeping at most `window` frames sent and not yet received by
+/// `receiver`. Each list is tagged for the completion checker.
+struct Generator {
+    let port: Port
+    let completions: CompletionChecker
+    let stream: Int
+    let total: Int
+    let batch: Int
+    let length: Int
+    let from: MACAddress
+    let to: MACAddress
+    var sentFrames = 0
+    var listNumber: UInt64 = 0
+    var spare: [PacketList] = []
+
+    init(port: Port, completions: CompletionChecker, stream: Int = 0, total: Int, batch: Int, length: Int = 64, from: MACAddress, to: MACAddress) {
+        self.port = port
+        self.completions = completions
+        self.stream = stream
+        self.total = total
+        self.batch = batch
+        self.length = length
+        self.from = from
+        self.to = to
+    }
+
+    var done: Bool { sentFrames >= total }
+
+    /// Sends what the window allows; returns how many frames it sent.
+    @discardableResult
+    mutating func step(receivedByPeer: Int, window: Int) throws -> Int {
+        var sent = 0
+        spare.append(contentsOf: completions.takeFree())
+        while sentFrames < total, sentFrames - receivedByPeer < window {
+            let count = min(batch, total - sentFrames)
+            let list: PacketList
+            if let reuse = spare.popLast() {
+                if reuse.count == count {
+                    list = reuse
+                } else {
+                    try port.returnList(reuse)
+                    guard let fresh = port.allocateList(packetCount: count) else { break }
+                    list = fresh
+                }
+            } else {
+                guard let fresh = port.allocateList(packetCount: count) else { break }
+                list = fresh
+            }
+            try fill(list, stream: stream, firstSequence: UInt64(sentFrames), length: length, from: from, to: to)
+            CompletionChecker.tag(list, stream: stream, number: listNumber)
+            listNumber += 1
+            try port.send(list)
+            sentFrames += count
+            sent += count
+        }
+        return sent
+    }
+
+    /// Returns every spare list to the pool.
+    mutating func returnSpares() throws {
+        spare.append(contentsOf: completions.takeFree())
+        for list in spare { try port.returnList(list) }
+        spare.removeAll()
+    }
+}
+
+/// Whether the interface (in its namespace) has an XDP program attached.
+func hasXDPProgram(_ interface: String, namespace: String) throws -> Bool {
+    let output = try runCommand(["ip", "-n", namespace, "-o", "link", "show", "dev", interface])
+    return output.contains(" xdp")
+}
+
+/// Opens a port on one end of the testbed with the test filter.
+func openPort(
+    _ bed: VethTestbed, end: Character, configure: (inout PortConfiguration) -> Void = { _ in },
+    onReceive: @escaping @Sendable (ReceiveIndication) -> Void = { try? $0.port.returnList($0.list) },
+    onSendComplete: @escaping @Sendable (SendCompletions) -> Void = { batch in for list in batch { try? batch.port.returnList(list) } }
+) throws -> Port {
+    var configuration = PortConfiguration(
+        interface: end == "a" ? bed.interfaceA : bed.interfaceB,
+        networkNamespace: end == "a" ? bed.namespaceA : bed.namespaceB)
+    configuration.etherTypeFilter = TestFrame.etherType
+    configure(&configuration)
+    return try Port.open(configuration, onReceive: onReceive, onSendComplete: onSendComplete)
+}
