@@ -54,6 +54,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings"]),
-        .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed"]),
+        // Test-only C: dropping a thread's capabilities to test the privilege errors.
+        .target(name: "CTestSupport", path: "Tests/CTestSupport"),
+        .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed", "CTestSupport"]),
     ]
 )

@@ -23,7 +23,7 @@ struct PortTrafficTests {
             let deadline = Deadline(seconds: 240)
             while !(generator.done && received.receivedCount >= total && completions.completed == generator.listNumber.asInt) {
                 try #require(!deadline.passed, "traffic stalled: sent \(generator.sentFrames), received \(received.receivedCount)")
-                try generator.step(receivedByPeer: received.receivedCount, window: 1024)
+                try generator.step(receivedByPeer: received.receivedCount, window: vethQueueWindow)
                 a.poll()
                 b.poll()
             }
@@ -74,7 +74,7 @@ struct PortTrafficTests {
                             failures.withLock { $0.append("end \(index) stalled: sent \(generator.sentFrames), peer received \(peer.receivedCount), I received \(mine.receivedCount)") }
                             return
                         }
-                        try generator.step(receivedByPeer: peer.receivedCount, window: 1024)
+                        try generator.step(receivedByPeer: peer.receivedCount, window: vethQueueWindow)
                         port.poll()
                     }
                     try generator.returnSpares()
@@ -112,40 +112,25 @@ struct PortTrafficTests {
             let b = try openPort(bed, end: "b", onReceive: received.handle)
             defer { b.close() }
 
-            // B drains on its own thread while A's caller hands over every
-            // list in one go: send must accept them all, whatever the rings hold.
-            let stop = TestLock(false)
-            let failures = TestLock<[String]>([])
-            runThreads(2) { index in
-                if index == 1 {
-                    let deadline = Deadline(seconds: 240)
-                    while !stop.withLock({ $0 }) && !deadline.passed { b.poll() }
-                    return
-                }
-                defer { stop.withLock { $0 = true } }
-                do {
-                    for n in 0..<lists {
-                        guard let list = a.allocateList(packetCount: 1) else {
-                            failures.withLock { $0.append("pool empty at \(n)") }
-                            return
-                        }
-                        try fill(list, stream: 0, firstSequence: UInt64(n), length: 60, from: bed.macAddressA, to: bed.macAddressB)
-                        CompletionChecker.tag(list, stream: 0, number: UInt64(n))
-                        try a.send(list)
-                    }
-                    let deadline = Deadline(seconds: 240)
-                    while completions.completed < lists || received.receivedCount < lists {
-                        if deadline.passed {
-                            failures.withLock { $0.append("stalled: completed \(completions.completed), received \(received.receivedCount)") }
-                            return
-                        }
-                        a.poll()
-                    }
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
-                }
+            // With A's link down the kernel takes nothing: every list of the
+            // burst is handed over in one go and must be accepted and queued.
+            try setLink(bed, end: "a", up: false)
+            for n in 0..<lists {
+                let list = try #require(a.allocateList(packetCount: 1))
+                try fill(list, stream: 0, firstSequence: UInt64(n), length: 60, from: bed.macAddressA, to: bed.macAddressB)
+                CompletionChecker.tag(list, stream: 0, number: UInt64(n))
+                try a.send(list)
             }
-            #expect(failures.withLock { $0 } == [])
+            #expect(a.statistics.send.queuedFrames == lists - 64, "all but the 64 in the TX ring are queued")
+            #expect(a.statistics.send.ringFullEvents > 0)
+            #expect(completions.completed == 0)
+            try setLink(bed, end: "a", up: true)
+            let deadline = Deadline(seconds: 240)
+            while completions.completed < lists || received.receivedCount < lists {
+                try #require(!deadline.passed, "stalled: completed \(completions.completed), received \(received.receivedCount)")
+                a.poll()
+                b.poll()
+            }
             let state = completions.state.withLock { $0 }
             #expect(state.completed == lists)
             #expect(state.outOfOrder == 0)
@@ -245,7 +230,7 @@ struct PortTrafficTests {
             #expect(try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
             // With its interface down the kernel takes nothing from the TX
             // ring, so everything sent below is still queued or in flight at close.
-            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "down"])
+            try setLink(bed, end: "a", up: false)
             for n in 0..<lists {
                 let list = try #require(a.allocateList(packetCount: 2))
                 try fill(list, stream: 0, firstSequence: UInt64(2 * n), length: 64, from: bed.macAddressA, to: bed.macAddressB)
@@ -282,7 +267,7 @@ struct PortTrafficTests {
             let b = try openPort(bed, end: "b", onReceive: received.handle)
             defer { b.close() }
             // Interface down: 16 lists (64 frames) sit in the TX ring, the rest queue.
-            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "down"])
+            try setLink(bed, end: "a", up: false)
             for n in 0..<200 {
                 let list = try #require(a.allocateList(packetCount: 4))
                 try fill(list, stream: 0, firstSequence: UInt64(4 * n), length: 64, from: bed.macAddressA, to: bed.macAddressB)
@@ -301,7 +286,7 @@ struct PortTrafficTests {
             CompletionChecker.tag(late, stream: 1, number: 0)
             try a.send(late)
 
-            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "up"])
+            try setLink(bed, end: "a", up: true)
             let deadline = Deadline(seconds: 30)
             while completions.completed < 201 {
                 try #require(!deadline.passed, "completed \(completions.completed) of 201")

@@ -267,7 +267,9 @@ public final class PacketPool: @unchecked Sendable {
             while sendFreeFrames.pop() != nil {}
             while sendFreeLists.pop() != nil {}
             var held = [Bool](repeating: false, count: frameCount)
-            for slot in 0..<listCount where state(of: UInt32(slot)) == .caller {
+            // Not only the caller's lists: a send racing with close may hold a
+            // list in `.engine` on its way to the mailbox; it completes later.
+            for slot in 0..<listCount where state(of: UInt32(slot)) != .free {
                 var frame = lists[slot].head
                 while frame != noSlot { held[Int(frame)] = true; frame = frames[Int(frame)].next }
             }

@@ -115,6 +115,12 @@ final class CompletionChecker: @unchecked Sendable {
     func takeFree() -> [PacketList] { state.withLock { s in defer { s.free.removeAll(keepingCapacity: true) }; return s.free } }
 }
 
+/// The most frames a test keeps in flight for a lossless run. A veth whose
+/// peer runs XDP queues at most 256 frames for it (its ptr_ring) and drops
+/// past that without pushing back on an AF_XDP sender: when both ends compete
+/// for two cores, a larger window can lose frames in the kernel.
+let vethQueueWindow = 256
+
 /// Writes test frames into a list: packet k gets sequence `first + k`.
 func fill(_ list: PacketList, stream: Int, firstSequence: UInt64, length: Int, from: MACAddress, to: MACAddress) throws {
     var n = firstSequence
@@ -211,4 +217,20 @@ func openPort(
     configuration.etherTypeFilter = TestFrame.etherType
     configure(&configuration)
     return try Port.open(configuration, onReceive: onReceive, onSendComplete: onSendComplete)
+}
+
+/// Takes one end's link down (the kernel then takes nothing from that end's
+/// TX ring) or up again, waiting until both ends have carrier: frames sent
+/// before that would be dropped by the kernel.
+func setLink(_ bed: VethTestbed, end: Character, up: Bool) throws {
+    let (namespace, interface) = end == "a" ? (bed.namespaceA, bed.interfaceA) : (bed.namespaceB, bed.interfaceB)
+    try runCommand(["ip", "-n", namespace, "link", "set", "dev", interface, up ? "up" : "down"])
+    guard up else { return }
+    let deadline = Deadline(seconds: 5)
+    for (ns, name) in [(bed.namespaceA, bed.interfaceA), (bed.namespaceB, bed.interfaceB)] {
+        while !(try runCommand(["ip", "-n", ns, "-o", "link", "show", "dev", name])).contains("LOWER_UP") {
+            if deadline.passed { throw TestbedError(message: "\(name) did not come up") }
+            usleep(1_000)
+        }
+    }
 }

@@ -1,0 +1,170 @@
+@testable import AFXDP
+import AFXDPTestbed
+import CTestSupport
+import Glibc
+import Testing
+
+/// Bad input gets a clear error that says what to do, and nothing is lost.
+@Suite("Bad input", .serialized)
+struct BadInputTests {
+    @Test("configuration errors are caught before anything is opened")
+    func configuration() throws {
+        var configuration = PortConfiguration(interface: "eth0")
+        configuration.transmitRingSize = 1000
+        #expect {
+            try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+        } throws: { error in
+            let description = "\(error)"
+            return description.contains("transmitRingSize 1000 is not a power of two") && description.contains("512 or 1024")
+        }
+        configuration.transmitRingSize = 1024
+        configuration.frameSize = 3000
+        #expect(throws: AFXDPError.invalidConfiguration("frameSize 3000 is not supported; use 2048 or 4096")) {
+            try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+        }
+        configuration.frameSize = 2048
+        configuration.interface = "a-name-far-too-long-for-linux"
+        #expect(throws: AFXDPError.self) { try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in }) }
+    }
+
+    @Test("a missing interface and a missing namespace say how to find the right name")
+    func missingInterfaceAndNamespace() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let missing = PortConfiguration(interface: "nosuch0", networkNamespace: bed.namespaceA)
+            #expect {
+                try Port.open(missing, onReceive: { _ in }, onSendComplete: { _ in })
+            } throws: { error in
+                error as? AFXDPError == .interfaceNotFound(interface: "nosuch0", namespace: bed.namespaceA)
+                    && "\(error)".contains("ip -n \(bed.namespaceA) link")
+            }
+            let noNamespace = PortConfiguration(interface: bed.interfaceA, networkNamespace: "afxdp-no-such-namespace")
+            #expect {
+                try Port.open(noNamespace, onReceive: { _ in }, onSendComplete: { _ in })
+            } throws: { error in
+                error as? AFXDPError == .namespaceNotFound("afxdp-no-such-namespace") && "\(error)".contains("ip netns list")
+            }
+            let attached = try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA)
+            #expect(!attached)
+        }
+    }
+
+    @Test("without the capabilities, opening fails with what to grant, and leaves nothing attached")
+    func noPrivilege() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let outcome = TestLock<Result<Void, AFXDPError>?>(nil)
+            // Capabilities are per thread: only this thread loses them.
+            runThreads(1) { _ in
+                do {
+                    try NetworkNamespace.withEntered(bed.namespaceA) {
+                        precondition(ctest_drop_effective_capabilities() == 0)
+                        defer { precondition(ctest_restore_effective_capabilities() == 0) }
+                        let configuration = PortConfiguration(interface: bed.interfaceA)
+                        do {
+                            let port = try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+                            port.close()
+                            outcome.withLock { $0 = .success(()) }
+                        } catch let error as AFXDPError {
+                            outcome.withLock { $0 = .failure(error) }
+                        } catch {
+                            Issue.record("unexpected \(error)")
+                        }
+                    }
+                } catch {
+                    Issue.record("could not enter the namespace: \(error)")
+                }
+            }
+            let result = try #require(outcome.withLock { $0 })
+            guard case .failure(let error) = result, case .permissionDenied = error else {
+                Issue.record("expected permissionDenied, got \(result)")
+                return
+            }
+            #expect("\(error)".contains("CAP_NET_RAW") && "\(error)".contains("setcap"))
+            #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
+        }
+    }
+
+    @Test("a leftover XDP program is explained with how to remove it; after removing it, opening works")
+    func leftoverProgram() throws {
+        try VethTestbed.withVethTestbed { bed in
+            // Play a process that died with its program attached.
+            let path = "/tmp/afxdp-leftover-\(getpid()).o"
+            let bytes = EmbeddedXDPProgram.objectBytes()
+            let file = try #require(fopen(path, "w"))
+            _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+            fclose(file)
+            defer { unlink(path) }
+            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "xdpgeneric", "obj", path, "sec", "xdp"])
+            #expect(try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
+
+            #expect {
+                try openPort(bed, end: "a")
+            } throws: { error in
+                guard case .xdpProgramAlreadyAttached(let interface, let id)? = error as? AFXDPError else { return false }
+                return interface == bed.interfaceA && id != 0
+                    && "\(error)".contains("ip link set dev \(bed.interfaceA) xdpgeneric off")
+            }
+            // The program that was there is still there: the failed open changed nothing.
+            #expect(try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
+
+            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "xdpgeneric", "off"])
+            let port = try openPort(bed, end: "a")
+            port.close()
+            #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
+        }
+    }
+
+    @Test("bad lists: oversized or empty frames, double returns, foreign lists, lists in flight; nothing is lost")
+    func badLists() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let completions = CompletionChecker()
+            let a = try openPort(bed, end: "a", configure: { $0.frameSize = 2048 }, onSendComplete: completions.handle)
+            defer { a.close() }
+            let b = try openPort(bed, end: "b")
+            defer { b.close() }
+            let freeAtStart = a.poolStatus.sendFramesFree
+
+            // Oversized frame: refused, the packet keeps its length.
+            let list = try #require(a.allocateList(packetCount: 2))
+            let first = try #require(list.packets.first(where: { _ in true }))
+            #expect(throws: AFXDPError.frameTooLarge(length: 2049, maximum: 2048)) { try first.setLength(2049) }
+            #expect("\(AFXDPError.frameTooLarge(length: 2049, maximum: 2048))".contains("4096"))
+            #expect(first.length == 0)
+            // Zero-length frames: refused at setLength and at send; the list stays the caller's.
+            #expect(throws: AFXDPError.emptyFrame) { try first.setLength(0) }
+            #expect(throws: AFXDPError.emptyFrame) { try a.send(list) }
+            try fill(list, stream: 0, firstSequence: 0, length: 64, from: bed.macAddressA, to: bed.macAddressB)
+
+            // Foreign list: refused by the other port, for send and for return.
+            #expect(throws: AFXDPError.foreignList) { try b.send(list) }
+            #expect(throws: AFXDPError.foreignList) { try b.returnList(list) }
+
+            // In flight: the engine's until completed. Interface down keeps it in flight.
+            try setLink(bed, end: "a", up: false)
+            CompletionChecker.tag(list, stream: 0, number: 0)
+            try a.send(list)
+            #expect(throws: AFXDPError.listNotOwnedByCaller) { try a.send(list) }
+            #expect(throws: AFXDPError.listNotOwnedByCaller) { try a.returnList(list) }
+            try setLink(bed, end: "a", up: true)
+            let deadline = Deadline(seconds: 10)
+            while completions.completed < 1 {
+                try #require(!deadline.passed)
+                a.poll()
+                usleep(100)
+            }
+            #expect(completions.takeFree() == [list])
+            #expect(list.status == .success)
+
+            // Returned twice: the second is refused and frees nothing twice.
+            try a.returnList(list)
+            #expect(a.poolStatus.sendFramesFree == freeAtStart)
+            #expect(throws: AFXDPError.listAlreadyReturned) { try a.returnList(list) }
+            #expect(throws: AFXDPError.listAlreadyReturned) { try a.send(list) }
+            #expect(a.poolStatus.sendFramesFree == freeAtStart)
+            // The slot's next owner is not disturbed by the stale handle.
+            let next = try #require(a.allocateList(packetCount: 1))
+            #expect(throws: AFXDPError.listAlreadyReturned) { try a.returnList(list) }
+            try a.returnList(next)
+            #expect(a.poolStatus.sendFramesFree == freeAtStart)
+        }
+    }
+}
