@@ -371,8 +371,7 @@ public final class Port: @unchecked Sendable {
         let programCounters = sharedLock.withLock { program?.counters() } ?? (seen: 0, redirected: 0, passed: 0)
         return Statistics(
             send: sendContext.counters.snapshot(),
-            receive: receiveContext.counters.snapshot(
-                framesWithKernel: 0, heldByCaller: receiveContext.framesHeldByCaller, kernel: kernel),
+            receive: receiveContext.counters.snapshot(heldByCaller: receiveContext.framesHeldByCaller, kernel: kernel),
             kernel: kernel, programRedirected: programCounters.redirected, programPassed: programCounters.passed)
     }
 

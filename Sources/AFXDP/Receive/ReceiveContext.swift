@@ -132,6 +132,7 @@ final class ReceiveContext: @unchecked Sendable {
                 }
                 ring.submit()
                 framesWithKernel += Int(granted)
+                counters.add(framesWithKernel: Int(granted))
             }
         }
         if ring.needsWakeup { SystemCalls.wakeReceive(socketFD) }
@@ -168,6 +169,7 @@ final class ReceiveContext: @unchecked Sendable {
         }
         rx!.release()
         framesWithKernel -= Int(count)
+        counters.add(framesWithKernel: -Int(count))
         list.pointee.tail = previous
         list.pointee.count = count
         pool.resetHeader(slot)
@@ -197,6 +199,7 @@ final class ReceiveContext: @unchecked Sendable {
         for slot in (0..<pool.receiveListCount).reversed() where pool.state(of: UInt32(slot)) == .free {
             freeSlots.push(UInt32(slot))
         }
+        counters.add(framesWithKernel: -framesWithKernel)
         framesWithKernel = 0
     }
 }
