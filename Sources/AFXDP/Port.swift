@@ -142,7 +142,7 @@ public final class Port: @unchecked Sendable {
         receiveContext.port = self
         sendContext.port = self
         // Give the kernel its receive frames before the first frame arrives.
-        receiveDoorbell.ownership.withOwnership { receiveContext.service(mailbox: receiveDoorbell.mailbox) }
+        _ = receiveDoorbell.ownership.withOwnership { receiveContext.service(mailbox: receiveDoorbell.mailbox) }
         if configuration.ownThread { startServiceThread() }
     }
 
