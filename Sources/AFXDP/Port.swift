@@ -350,7 +350,6 @@ public final class Port: @unchecked Sendable {
                 socket.close()
                 program?.release()
             }
-            if program != nil && socket.isOpen == false {}
         }
         sendContext.abandonInFlight(mailbox: sendDoorbell.mailbox)
         receiveContext.reclaimAfterSocketClosed(receiveDoorbell.mailbox)

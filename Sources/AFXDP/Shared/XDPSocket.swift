@@ -121,8 +121,6 @@ final class XDPSocket: @unchecked Sendable {
             fillRingEmpty: Int(raw.rx_fill_ring_empty_descs), transmitRingEmpty: Int(raw.tx_ring_empty_descs))
     }
 
-    var isOpen: Bool { socket != nil }
-
     /// Socket first, then the UMEM: the socket holds the UMEM.
     func close() {
         if let socket { xsk_socket__delete(socket) }
