@@ -4,6 +4,8 @@
 // swift-nio does) so that the engine does not depend on the benchmark tool.
 //
 //   Rings       NIC-free: the public AFXDPRings types over heap memory
+//   PortDevice  a Port on a veth pair in two namespaces it makes and removes;
+//               needs root, and skips itself with a message otherwise
 //
 // Run with scripts/benchmarks from the top of the repository.
 import PackageDescription
@@ -23,6 +25,16 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/Rings",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "PortDevice",
+            dependencies: [
+                .product(name: "AFXDP", package: "swift-afxdp"),
+                .product(name: "AFXDPTestbed", package: "swift-afxdp"),
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/PortDevice",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
     ]
