@@ -44,8 +44,8 @@ let benchmarks: @Sendable () -> Void = {
             // Exact: any allocation in a round is a regression.
             .mallocCountTotal: .init(absolute: [.p90: 0]),
             // Loose: two shared cores and a kernel copy make these noisy.
-            .wallClock: .init(relative: [.p90: 150]),
-            .throughput: .init(relative: [.p90: 60]),
+            .wallClock: .init(relative: [.p90: 300]),
+            .throughput: .init(relative: [.p90: 75]),
         ]
     )
 
@@ -53,7 +53,7 @@ let benchmarks: @Sendable () -> Void = {
     // A's completions are copied out and the same lists are re-filled and
     // sent again next round.
     let sendFixture = FixtureSlot()
-    Benchmark("send+complete 64B lists of 64") { benchmark in
+    Benchmark("send+complete-64B-lists-of-64") { benchmark in
         guard let fixture = sendFixture.fixture else { return benchmark.error("no fixture: setup did not run") }
         benchmark.startMeasurement()
         let finished = fixture.sendRound(from: fixture.a, to: fixture.b)
@@ -69,7 +69,7 @@ let benchmarks: @Sendable () -> Void = {
     // the completion handler returns completed lists to the pool: the
     // allocate and return paths of the send pool, under its lock.
     let allocatingFixture = FixtureSlot()
-    Benchmark("allocate+send+complete+return 64B lists of 64") { benchmark in
+    Benchmark("allocate+send+complete+return-64B-lists-of-64") { benchmark in
         guard let fixture = allocatingFixture.fixture else { return benchmark.error("no fixture: setup did not run") }
         benchmark.startMeasurement()
         let finished = fixture.allocatingSendRound()
@@ -84,7 +84,7 @@ let benchmarks: @Sendable () -> Void = {
     // An AF_PACKET socket on A sends; B's port indicates lists of up to 64,
     // the handler checks and returns each one. Only the receive path is AF_XDP.
     let receiveFixture = FixtureSlot()
-    Benchmark("receive+return 64B") { benchmark in
+    Benchmark("receive+return-64B") { benchmark in
         guard let fixture = receiveFixture.fixture else { return benchmark.error("no fixture: setup did not run") }
         benchmark.startMeasurement()
         let finished = fixture.receiveRound()
@@ -98,7 +98,7 @@ let benchmarks: @Sendable () -> Void = {
 
     // Both directions at once, driven by one thread: half the packets each way.
     let duplexFixture = FixtureSlot()
-    Benchmark("duplex 64B lists of 64") { benchmark in
+    Benchmark("duplex-64B-lists-of-64") { benchmark in
         guard let fixture = duplexFixture.fixture else { return benchmark.error("no fixture: setup did not run") }
         benchmark.startMeasurement()
         let finished = fixture.duplexRound()

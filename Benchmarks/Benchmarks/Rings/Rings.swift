@@ -29,14 +29,14 @@ let benchmarks: @Sendable () -> Void = {
         thresholds: [
             .mallocCountTotal: .init(absolute: [.p90: 0]),
             // Wall clock is noisy on a shared two-core box: only a gross change fails.
-            .wallClock: .init(relative: [.p90: 200]),
-            .throughput: .init(relative: [.p90: 70]),
+            .wallClock: .init(relative: [.p90: 300]),
+            .throughput: .init(relative: [.p90: 75]),
         ]
     )
 
     // The TX and RX rings' cycle: the producer reserves, writes and submits
     // 64 descriptors; the consumer peeks, reads and releases them.
-    Benchmark("descriptor ring: reserve+write+submit, peek+read+release, 64 per cycle") { benchmark, state in
+    Benchmark("descriptor-ring-cycle-of-64") { benchmark, state in
         var producer = ProducerRing<XDPDescriptor>(state.ring.memory)
         var consumer = ConsumerRing<XDPDescriptor>(state.ring.memory)
         var checksum: UInt64 = 0
@@ -68,7 +68,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // The fill and completion rings' cycle: the same with frame addresses.
-    Benchmark("address ring: reserve+write+submit, peek+read+release, 64 per cycle") { benchmark, state in
+    Benchmark("address-ring-cycle-of-64") { benchmark, state in
         var producer = ProducerRing<UInt64>(state.ring.memory)
         var consumer = ConsumerRing<UInt64>(state.ring.memory)
         var checksum: UInt64 = 0
@@ -99,7 +99,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // The engine's free frame and free slot stacks: 64 pushes, then 64 pops.
-    Benchmark("IndexStack: push 64, pop 64 per cycle") { benchmark, fixture in
+    Benchmark("IndexStack-push-64-pop-64") { benchmark, fixture in
         var stack = fixture.stack
         var checksum: UInt32 = 0
         benchmark.startMeasurement()
