@@ -9,6 +9,11 @@
 // AFXDPRings is not a product of swift-afxdp (only AFXDP and AFXDPTestbed
 // are); it is imported here as a module that the AFXDP product brings in. See
 // Benchmarks/README.md.
+//
+// The packet pool and the send queue are not here: no public API drives them
+// without a NIC (a Port can only be opened on an interface). A public way to
+// open a port over heap rings, with the caller playing the kernel, would let
+// this suite cover allocate / send / complete / return too.
 
 import AFXDPRings
 import Benchmark
