@@ -14,6 +14,8 @@ let package = Package(
     name: "swift-afxdp-benchmarks",
     platforms: [.macOS(.v13)],
     dependencies: [
+        // `name:` because a path dependency is otherwise known by its
+        // directory's name, which differs between checkouts and worktrees.
         .package(name: "swift-afxdp", path: "../"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
