@@ -12,6 +12,7 @@ let package = Package(
     name: "swift-afxdp",
     products: [
         .library(name: "AFXDP", targets: ["AFXDP"]),
+        .library(name: "AFXDPRings", targets: ["AFXDPRings"]),
         .library(name: "AFXDPTestbed", targets: ["AFXDPTestbed"]),
         .executable(name: "afxdp-bench", targets: ["afxdp-bench"]),
     ],

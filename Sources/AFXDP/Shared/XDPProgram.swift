@@ -15,6 +15,15 @@ final class XDPProgram: @unchecked Sendable {
     let attachFlags: UInt32
     var handle = cafxdp_program()
     var users = 0
+    /// One value per possible CPU, for reading the per-CPU counters.
+    private let perCPUValues: UnsafeMutableBufferPointer<UInt64> = {
+        let cpus = max(Int(libbpf_num_possible_cpus()), 0)
+        let buffer = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: cpus)
+        buffer.initialize(repeating: 0)
+        return buffer
+    }()
+
+    deinit { perCPUValues.deallocate() }
 
     var attachedNatively: Bool { attachFlags & UInt32(XDP_FLAGS_DRV_MODE) != 0 }
 
@@ -118,18 +127,15 @@ final class XDPProgram: @unchecked Sendable {
     }
 
     /// The program's counters summed over CPUs: (seen, redirected, passed).
+    /// Reads into a buffer made once, so that statistics cost no allocation.
     func counters() -> (seen: Int, redirected: Int, passed: Int) {
-        let cpus = Int(libbpf_num_possible_cpus())
-        guard cpus > 0 else { return (0, 0, 0) }
-        var values = [UInt64](repeating: 0, count: cpus)
-        var totals = [Int](repeating: 0, count: 3)
-        for index in 0..<3 {
-            var key = UInt32(index)
-            if bpf_map_lookup_elem(handle.counters_map_fd, &key, &values) == 0 {
-                totals[index] = values.reduce(0) { $0 + Int($1) }
-            }
+        guard !perCPUValues.isEmpty else { return (0, 0, 0) }
+        func total(_ index: UInt32) -> Int {
+            var key = index
+            guard bpf_map_lookup_elem(handle.counters_map_fd, &key, perCPUValues.baseAddress) == 0 else { return 0 }
+            return perCPUValues.reduce(0) { $0 &+ Int(truncatingIfNeeded: $1) }
         }
-        return (totals[0], totals[1], totals[2])
+        return (total(0), total(1), total(2))
     }
 
     /// Drops one reference; the last detaches and unloads. Call inside the namespace.
