@@ -127,8 +127,13 @@ final class XDPProgram: @unchecked Sendable {
     }
 
     /// The program's counters summed over CPUs: (seen, redirected, passed).
-    /// Reads into a buffer made once, so that statistics cost no allocation.
+    /// Reads into a buffer made once, so that statistics cost no allocation;
+    /// ports on several queues share the program, so the buffer is locked.
     func counters() -> (seen: Int, redirected: Int, passed: Int) {
+        Self.registryLock.withLock { readCounters() }
+    }
+
+    private func readCounters() -> (seen: Int, redirected: Int, passed: Int) {
         guard !perCPUValues.isEmpty else { return (0, 0, 0) }
         func total(_ index: UInt32) -> Int {
             var key = index
