@@ -316,6 +316,76 @@ struct PortTrafficTests {
             try generator.returnSpares()
         }
     }
+
+    @Test("ownThread: completions and indications arrive without the caller polling")
+    func ownServiceThread() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let received = ReceiveChecker()
+            let completions = CompletionChecker()
+            let a = try openPort(bed, end: "a", configure: { $0.ownThread = true }, onSendComplete: completions.handle)
+            defer { a.close() }
+            let b = try openPort(bed, end: "b", configure: { $0.ownThread = true }, onReceive: received.handle)
+            defer { b.close() }
+            let total = 50_000
+            var generator = Generator(port: a, completions: completions, total: total, batch: 64, from: bed.macAddressA, to: bed.macAddressB)
+            let deadline = Deadline(seconds: 120)
+            while !(generator.done && received.receivedCount >= total && completions.completed == generator.listNumber.asInt) {
+                try #require(!deadline.passed, "sent \(generator.sentFrames), received \(received.receivedCount)")
+                if try generator.step(receivedByPeer: received.receivedCount, window: vethQueueWindow) == 0 { usleep(50) }
+            }
+            try generator.returnSpares()
+            #expect(received.outOfOrder == 0)
+            #expect(received.corrupted == 0)
+            #expect(completions.state.withLock { $0.outOfOrder } == 0)
+            a.close()
+            b.close()
+            #expect(a.poolStatus.allFramesHome)
+            #expect(b.poolStatus.allFramesHome)
+        }
+    }
+
+    @Test("two queues: a port per queue on each end, sharing one XDP program; each queue's frames reach its own socket")
+    func twoQueues() throws {
+        try VethTestbed.withVethTestbed(queues: 2) { bed in
+            let receivedOn = [ReceiveChecker(), ReceiveChecker()]
+            let completions = [CompletionChecker(), CompletionChecker()]
+            var senders: [Port] = []
+            var receivers: [Port] = []
+            defer {
+                for port in senders + receivers { port.close() }
+            }
+            for queue in 0..<2 {
+                senders.append(try openPort(bed, end: "a", configure: { $0.queue = UInt32(queue) }, onSendComplete: completions[queue].handle))
+                receivers.append(try openPort(bed, end: "b", configure: { $0.queue = UInt32(queue) }, onReceive: receivedOn[queue].handle))
+            }
+            let perQueue = 20_000
+            var generators = (0..<2).map {
+                Generator(port: senders[$0], completions: completions[$0], stream: $0, total: perQueue, batch: 32, from: bed.macAddressA, to: bed.macAddressB)
+            }
+            let deadline = Deadline(seconds: 120)
+            while receivedOn.map(\.receivedCount).reduce(0, +) < 2 * perQueue {
+                try #require(!deadline.passed, "received \(receivedOn.map(\.receivedCount))")
+                for queue in 0..<2 {
+                    try generators[queue].step(receivedByPeer: receivedOn[queue].receivedCount, window: vethQueueWindow / 2)
+                    senders[queue].poll()
+                    receivers[queue].poll()
+                }
+            }
+            // A frame sent on queue q arrives on the peer's RX queue q, so each socket sees only its own stream.
+            for queue in 0..<2 {
+                #expect(receivedOn[queue].receivedCount == perQueue)
+                #expect(receivedOn[queue].nextExpected(stream: queue) == UInt64(perQueue))
+                #expect(receivedOn[queue].outOfOrder == 0)
+                #expect(receivedOn[queue].corrupted == 0)
+                try generators[queue].returnSpares()
+            }
+            #expect(try hasXDPProgram(bed.interfaceB, namespace: bed.namespaceB))
+            receivers[0].close()
+            #expect(try hasXDPProgram(bed.interfaceB, namespace: bed.namespaceB), "the other queue's port still uses the program")
+            receivers[1].close()
+            #expect(try !hasXDPProgram(bed.interfaceB, namespace: bed.namespaceB))
+        }
+    }
 }
 
 extension UInt64 {
