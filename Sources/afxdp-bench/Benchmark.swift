@@ -94,7 +94,13 @@ enum Benchmark {
     /// An interface that already exists: its MAC address from `ip -o link`.
     private static func existingEndpoint(_ name: String, _ interface: String, _ namespace: String?, _ cpu: Int?) throws -> Endpoint {
         let command = ["ip"] + (namespace.map { ["-n", $0] } ?? []) + ["-o", "link", "show", "dev", interface]
-        let line = try runCommand(command)
+        let line: String
+        do {
+            line = try runCommand(command)
+        } catch {
+            let place = namespace.map { "network namespace '\($0)'" } ?? "this network namespace"
+            throw BenchError("end \(name): cannot find interface '\(interface)' in \(place); `\(command.joined(separator: " "))` said:\n\(error)")
+        }
         let words = line.split(whereSeparator: { $0 == " " || $0 == "\\" || $0 == "\n" || $0 == "\t" })
         guard let at = words.firstIndex(of: "link/ether"), at + 1 < words.count, let mac = MACAddress(words[at + 1]) else {
             throw BenchError("\(interface) is not an Ethernet interface (`\(command.joined(separator: " "))` shows no link/ether address)")
@@ -359,16 +365,16 @@ final class Session {
                 }
             }
             result.lost = result.sentPackets - result.packets
-            result.lossPercent = result.sentPackets > 0 ? Double(result.lost) * 100 / Double(result.sentPackets) : 0
+            result.lossPercent = rounded(result.sentPackets > 0 ? Double(result.lost) * 100 / Double(result.sentPackets) : 0, 4)
             result.windowResets = windowResets
             let sample = atStop[index]
-            result.txMpps = Double(sample.sent) / seconds / 1e6
-            result.mpps = Double(sample.received) / seconds / 1e6
-            result.gbps = Double(sample.receivedBytes + sample.received * overhead) * 8 / seconds / 1e9
+            result.txMpps = rounded(Double(sample.sent) / seconds / 1e6, 6)
+            result.mpps = rounded(Double(sample.received) / seconds / 1e6, 6)
+            result.gbps = rounded(Double(sample.receivedBytes + sample.received * overhead) * 8 / seconds / 1e9, 6)
             if mode == .rxDrop {
                 result.checked = false
             } else if latency.totalCount > 0 {
-                func microseconds(_ nanoseconds: UInt64) -> Double { (Double(nanoseconds) / 1000 * 1000).rounded() / 1000 }
+                func microseconds(_ nanoseconds: UInt64) -> Double { Double(nanoseconds) / 1000 }
                 result.latencyMicroseconds = LatencyResult(
                     samples: latency.totalCount,
                     p50: microseconds(latency.valueAtPercentile(50)),
@@ -376,7 +382,7 @@ final class Session {
                     p99: microseconds(latency.valueAtPercentile(99)),
                     p999: microseconds(latency.valueAtPercentile(99.9)),
                     max: microseconds(latency.max),
-                    mean: (latency.mean / 1000 * 1000).rounded() / 1000)
+                    mean: rounded(latency.mean / 1000, 3))
             }
             results.append(result)
         }
@@ -410,6 +416,11 @@ final class Session {
             busyPoll: options.busyPoll, window: options.window, gbpsIncludesPreambleAndGap: options.wireOverhead,
             stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),
             directions: results, ports: portResults, errors: errors)
+    }
+
+    private func rounded(_ value: Double, _ decimals: Int) -> Double {
+        let scale = pow(10, Double(decimals))
+        return (value * scale).rounded() / scale
     }
 
     // MARK: Close

@@ -89,7 +89,7 @@ struct SenderState {
     /// 0: unlimited; else most frames in flight.
     let window: Int
     /// Sequence numbers below this count as settled for the window (lost
-    /// frames never arrive; see `generate`).
+    /// frames never arrive; see `windowAdmits`).
     var windowBase: UInt64 = 0
     var stalledSince: UInt64 = 0
     var windowResets = 0
@@ -116,9 +116,10 @@ struct SenderState {
 }
 
 enum Generator {
-    /// The window gives up on frames that are not back this long after every
-    /// list has completed: they were lost, and waiting would stall the flow.
-    static let lostAfterNanoseconds: UInt64 = 20_000_000
+    /// The window reopens when the receiver has made no progress this long
+    /// after every list has completed: frames were lost (they never arrive,
+    /// and waiting would stall the flow for good) or the receiver stalled.
+    static let reopenAfterNanoseconds: UInt64 = 100_000_000
 
     /// Sends up to `maximumLists` of the lists that are ours (as the window
     /// allows), each with fresh sequence numbers and one send timestamp.
@@ -166,12 +167,12 @@ enum Generator {
             return true
         }
         // Every list has completed, yet the receiver has not seen them all.
-        // Wait a little for the last ones, then count the rest lost.
+        // Wait a while for the last ones, then give up on them.
         guard state.pointee.freeLists == state.pointee.totalLists else { return false }
         let now = monotonicNanoseconds()
         if state.pointee.stalledSince == 0 {
             state.pointee.stalledSince = now
-        } else if now &- state.pointee.stalledSince > lostAfterNanoseconds {
+        } else if now &- state.pointee.stalledSince > reopenAfterNanoseconds {
             state.pointee.windowBase = state.pointee.nextSequence
             state.pointee.windowResets += 1
             state.pointee.stalledSince = 0

@@ -44,7 +44,7 @@ struct DirectionResult: Codable {
     /// l2fwd: packets B sent back, and those whose send failed.
     var forwardedPackets: Int?
     var unforwardedPackets: Int?
-    /// Times the --window gave up waiting for lost frames.
+    /// Times the --window reopened after 100 ms without progress at the receiver.
     var windowResets = 0
     var latencyMicroseconds: LatencyResult?
 
@@ -195,7 +195,9 @@ enum Report {
             if direction.unsentPackets > 0 { extras.append("sends not completed with success: \(direction.unsentPackets)") }
             if direction.checked, direction.gaps != direction.lost { extras.append("sequence gaps \(direction.gaps)") }
             if direction.foreign > 0 { extras.append("not test frames: \(direction.foreign)") }
-            if direction.windowResets > 0 { extras.append("window gave up on lost frames \(direction.windowResets) time(s)") }
+            if direction.windowResets > 0 {
+                extras.append("window reopened \(direction.windowResets) time(s) after 100 ms without progress (frames lost, or the receiver stalled)")
+            }
             if !extras.isEmpty { print("\(direction.name): " + extras.joined(separator: "; ")) }
         }
 
