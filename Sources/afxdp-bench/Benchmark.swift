@@ -268,7 +268,13 @@ final class Session {
         var previousTick = start
         while !stopRequested {
             let now = monotonicNanoseconds()
-            if now >= end { break }
+            if now >= end {
+                // The last interval, unless it is only a sliver.
+                if now - previousTick >= 500_000_000 {
+                    Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: sample())
+                }
+                break
+            }
             if now >= nextTick {
                 let current = sample()
                 Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
