@@ -250,10 +250,13 @@ final class Session {
         for end in 0..<2 {
             let ports = self.ports[end]
             let senders = directions.filter { $0.senderEnd == end }.flatMap { $0.flows.map(\.sender) }
+            let receivers = mode == .rxDrop || mode == .txOnly && end == 1
+                ? [] : directions.filter { $0.receiverEnd == end }.flatMap { $0.flows.map(\.receiver) }
             let control = self.control
             let listsPerPass = options.listsPerPass
             let thread = try startThread {
-                EndLoop.run(ports: ports, senders: senders, listsPerPass: listsPerPass, control: control)
+                EndLoop.run(
+                    ports: ports, senders: senders, receivers: receivers, listsPerPass: listsPerPass, control: control)
             }
             threads.append(thread)
             if let cpu = endpoints[end].cpu { try pin(thread, toCPU: cpu) }

@@ -401,16 +401,22 @@ enum EndLoop {
     /// Idle passes in a row after which the thread yields its CPU once (the
     /// two ends may share a core with each other or with other work).
     static let idlePassesBeforeYield = 64
+    /// Most extra polls per pass while they keep bringing received packets.
+    static let drainRoundsPerPass = 16
 
     /// One end's thread: send up to `listsPerPass` lists per flow (while
-    /// running), then one `poll` of each of its ports, until the main thread
-    /// says stop or the hard deadline passes.
+    /// running), then poll each of its ports, again while that brings
+    /// received packets (bounded), until the main thread says stop or the
+    /// hard deadline passes.
     ///
     /// Sending is bounded per pass because in copy mode the kernel does the
     /// receiving end's work inside the sender's kick: a thread that sent
     /// everything it could before polling would starve its own receive side
     /// (one `poll` indicates at most a few lists).
-    static func run(ports: [Port], senders: [Owned<SenderState>], listsPerPass: Int, control: RunControl) {
+    static func run(
+        ports: [Port], senders: [Owned<SenderState>], receivers: [Owned<ReceiverState>], listsPerPass: Int,
+        control: RunControl
+    ) {
         while control.phase.load(ordering: .acquiring) == RunControl.setup {
             if monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { return }
             sleepNanoseconds(50_000)
@@ -419,6 +425,12 @@ enum EndLoop {
         // guaranteed references keeps retain/release out of the loop.
         let ports = ports.map { Unmanaged.passUnretained($0) }
         let senders = senders.map(\.pointer)
+        let receivers = receivers.map(\.pointer)
+        @inline(__always) func received() -> Int {
+            var total = 0
+            for receiver in receivers { total &+= receiver.pointee.packets }
+            return total
+        }
         var iteration: UInt32 = 0
         var idlePasses = 0
         while true {
@@ -429,6 +441,20 @@ enum EndLoop {
                 for sender in senders where Generator.generate(sender, maximumLists: listsPerPass) > 0 { progress = true }
             }
             for port in ports where port._withUnsafeGuaranteedRef({ $0.poll() }) { progress = true }
+            // Drain what has arrived before sending more: one poll indicates
+            // only a few lists, and a receiver that takes no more per pass
+            // than its peer sends never works off a backlog.
+            if !receivers.isEmpty {
+                var rounds = 0
+                var before = received()
+                while rounds < drainRoundsPerPass {
+                    for port in ports { port._withUnsafeGuaranteedRef { _ = $0.poll() } }
+                    let after = received()
+                    if after == before { break }
+                    before = after
+                    rounds += 1
+                }
+            }
             if progress {
                 idlePasses = 0
             } else {
