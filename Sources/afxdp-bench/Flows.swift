@@ -421,8 +421,9 @@ enum EndLoop {
             if monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { return }
             sleepNanoseconds(50_000)
         }
-        // Unmanaged: the array keeps the ports alive; calling through
-        // guaranteed references keeps retain/release out of the loop.
+        // Unretained: the session holds the ports until this thread is
+        // joined; calling through guaranteed references keeps retain and
+        // release out of the loop.
         let ports = ports.map { Unmanaged.passUnretained($0) }
         let senders = senders.map(\.pointer)
         let receivers = receivers.map(\.pointer)
@@ -467,6 +468,5 @@ enum EndLoop {
             iteration &+= 1
             if iteration & 1023 == 0, monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { break }
         }
-        withExtendedLifetime(ports) {}
     }
 }
