@@ -16,6 +16,10 @@ struct AFXDPBench: ParsableCommand {
             on an error and on the --timeout watchdog). Frames are raw Ethernet, \
             EtherType 0x88B5, each with a sequence number, a send timestamp \
             (CLOCK_MONOTONIC) and a checked payload.
+
+            One thread per end (pin them with --cpu-a/--cpu-b); with --queues 2 each \
+            end's thread serves both of its ports. Loss is what was sent (completed) \
+            and never arrived; bound it with --window for a lossless run.
             """,
         subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self],
         defaultSubcommand: Duplex.self)
