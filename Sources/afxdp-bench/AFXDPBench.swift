@@ -1,0 +1,186 @@
+// afxdp-bench: measures the engine on a veth pair it builds itself (or on two
+// existing interfaces), in the modes of the kernel's xdpsock sample plus a
+// duplex mode in which both ends send and receive at once.
+
+import AFXDP
+import ArgumentParser
+
+@main
+struct AFXDPBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "afxdp-bench",
+        abstract: "Packet-rate, loss and latency benchmark for the swift-afxdp engine.",
+        discussion: """
+            Without --interface it creates two network namespaces joined by a veth pair, \
+            runs traffic between them and removes them at the end (also on Ctrl-C, \
+            on an error and on the --timeout watchdog). Frames are raw Ethernet, \
+            EtherType 0x88B5, each with a sequence number, a send timestamp \
+            (CLOCK_MONOTONIC) and a checked payload.
+
+            One thread per end (pin them with --cpu-a/--cpu-b); with --queues 2 each \
+            end's thread serves both of its ports. Loss is what was sent (completed) \
+            and never arrived; bound it with --window for a lossless run.
+            """,
+        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self],
+        defaultSubcommand: Duplex.self)
+
+    struct Duplex: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A sends to B and B sends to A at once; each end checks what it receives.")
+        @OptionGroup var options: BenchOptions
+        func run() throws { try Benchmark.run(mode: .duplex, options: options) }
+    }
+
+    struct TxOnly: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "tx-only",
+            abstract: "A sends; B receives, counts and checks (B's count is the measure).")
+        @OptionGroup var options: BenchOptions
+        func run() throws { try Benchmark.run(mode: .txOnly, options: options) }
+    }
+
+    struct RxDrop: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rx-drop",
+            abstract: "A generates; B receives and returns each list at once without reading it.")
+        @OptionGroup var options: BenchOptions
+        func run() throws { try Benchmark.run(mode: .rxDrop, options: options) }
+    }
+
+    struct L2Fwd: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "l2fwd",
+            abstract: "A sends; B swaps the MAC addresses in place and sends the same lists back (no copy); A checks.")
+        @OptionGroup var options: BenchOptions
+        func run() throws { try Benchmark.run(mode: .l2fwd, options: options) }
+    }
+}
+
+enum Mode: String, Sendable {
+    case duplex
+    case txOnly = "tx-only"
+    case rxDrop = "rx-drop"
+    case l2fwd
+}
+
+struct BenchOptions: ParsableArguments {
+    @Option(help: "How long to send, in seconds.")
+    var seconds: Double = 10
+
+    @Option(name: .customLong("frame-size"), help: "Ethernet frame length in bytes, without FCS (64...1514).")
+    var frameSize: Int = 64
+
+    @Option(help: "Packets per list: per send, and most packets per receive indication.")
+    var batch: Int = 64
+
+    @Option(name: .customLong("lists-per-pass"), help: "Most lists each sending flow sends between two polls of its thread's ports.")
+    var listsPerPass: Int = 4
+
+    @Option(name: .customLong("ring-size"), help: "Size of all four rings (fill, completion, RX, TX); a power of two.")
+    var ringSize: UInt32 = 2048
+
+    @Option(name: .customLong("umem-frame-size"), help: "UMEM frame size: 2048 or 4096.")
+    var umemFrameSize: Int = 4096
+
+    @Option(help: "Queues per end (1 or 2); one port per queue, and one flow with its own sequence numbers per queue and direction.")
+    var queues: Int = 1
+
+    @Flag(help: "Copy mode only (XDP_COPY).")
+    var copy = false
+
+    @Flag(name: .customLong("zero-copy"), help: "Zero-copy or fail (default: zero-copy where the driver has it, else copy mode).")
+    var zeroCopy = false
+
+    @Flag(name: .customLong("no-need-wakeup"), help: "Kick the kernel on every pass instead of only when the ring asks.")
+    var noNeedWakeup = false
+
+    @Flag(name: .customLong("busy-poll"), help: "Enable socket busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL 20 us, budget 64).")
+    var busyPoll = false
+
+    @Option(name: .customLong("cpu-a"), help: "Pin end A's thread to this CPU.")
+    var cpuA: Int?
+
+    @Option(name: .customLong("cpu-b"), help: "Pin end B's thread to this CPU.")
+    var cpuB: Int?
+
+    @Flag(help: "Print every figure as one JSON object on the last line of output.")
+    var json = false
+
+    @Option(help: "Most frames in flight per flow (sent, not yet seen by the receiver); 0: unlimited.")
+    var window: Int = 0
+
+    @Flag(name: .customLong("wire-overhead"), help: "Count 20 more bytes per frame (preamble and inter-frame gap) in Gbit/s.")
+    var wireOverhead = false
+
+    @Option(help: "Use this existing interface as end A instead of building a veth testbed.")
+    var interface: String?
+
+    @Option(help: "The existing interface for end B (with --interface).")
+    var peer: String?
+
+    @Option(help: "Network namespace of --interface (a name under /var/run/netns).")
+    var namespace: String?
+
+    @Option(name: .customLong("peer-namespace"), help: "Network namespace of --peer.")
+    var peerNamespace: String?
+
+    @Option(help: "Watchdog: stop and clean up after this many seconds in all (default: --seconds + 30).")
+    var timeout: Double?
+
+    func validate() throws {
+        guard seconds > 0, seconds <= 86_400 else {
+            throw ValidationError("--seconds must be more than 0 and at most 86400, not \(seconds)")
+        }
+        guard (64...1514).contains(frameSize) else {
+            throw ValidationError("--frame-size must be 64...1514 (an Ethernet frame without FCS), not \(frameSize)")
+        }
+        guard ringSize >= 8, ringSize <= 1 << 16 else {
+            throw ValidationError("--ring-size must be a power of two from 8 to 65536, not \(ringSize)")
+        }
+        guard ringSize & (ringSize - 1) == 0 else {
+            let lower = UInt32(1) << (31 - ringSize.leadingZeroBitCount)
+            throw ValidationError("--ring-size \(ringSize) is not a power of two; the kernel's rings need one, e.g. \(lower) or \(lower * 2)")
+        }
+        guard batch >= 1, batch <= Int(ringSize) else {
+            throw ValidationError("--batch must be 1...--ring-size (\(ringSize)), not \(batch)")
+        }
+        guard listsPerPass >= 1, listsPerPass <= 1 << 16 else {
+            throw ValidationError("--lists-per-pass must be 1...65536, not \(listsPerPass)")
+        }
+        guard umemFrameSize == 2048 || umemFrameSize == 4096 else {
+            throw ValidationError("--umem-frame-size must be 2048 or 4096, not \(umemFrameSize)")
+        }
+        guard queues == 1 || queues == 2 else {
+            throw ValidationError("--queues must be 1 or 2, not \(queues)")
+        }
+        guard !(copy && zeroCopy) else {
+            throw ValidationError("--copy and --zero-copy exclude each other; give at most one")
+        }
+        guard window >= 0 else {
+            throw ValidationError("--window must be 0 (unlimited) or a number of frames, not \(window)")
+        }
+        guard window == 0 || window >= batch else {
+            throw ValidationError("--window \(window) is smaller than --batch \(batch); a whole list must fit in the window")
+        }
+        for (name, cpu) in [("--cpu-a", cpuA), ("--cpu-b", cpuB)] {
+            if let cpu, cpu < 0 || cpu >= 1024 {
+                throw ValidationError("\(name) must be a CPU number 0...1023, not \(cpu)")
+            }
+        }
+        if let timeout, timeout <= seconds {
+            throw ValidationError("--timeout (\(timeout)) must be longer than --seconds (\(seconds))")
+        }
+        guard (interface == nil) == (peer == nil) else {
+            throw ValidationError("--interface and --peer go together: give both (existing interfaces) or neither (a veth testbed)")
+        }
+        if interface == nil, namespace != nil || peerNamespace != nil {
+            throw ValidationError("--namespace and --peer-namespace apply only with --interface and --peer")
+        }
+        for name in [interface, peer].compactMap({ $0 }) where name.isEmpty || name.utf8.count > 15 {
+            throw ValidationError("interface name '\(name)' must be 1 to 15 characters")
+        }
+    }
+
+    var zeroCopyMode: PortConfiguration.ZeroCopy { copy ? .never : zeroCopy ? .required : .preferred }
+    var watchdogSeconds: Double { timeout ?? seconds + 30 }
+}

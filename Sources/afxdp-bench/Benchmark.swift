@@ -1,0 +1,465 @@
+// One run: build (or find) the two ends, open the ports, run one thread per
+// end, print a line per second, drain, and report. Teardown (ports closed,
+// then the testbed removed) happens on every way out: normal end, thrown
+// error, Ctrl-C / SIGTERM, and the watchdog.
+
+import AFXDP
+import AFXDPTestbed
+import ArgumentParser
+import Glibc
+import Histogram
+
+/// One end of the link.
+struct Endpoint {
+    let name: String
+    let interface: String
+    let namespace: String?
+    let macAddress: MACAddress
+    let cpu: Int?
+}
+
+/// One direction of traffic. Flows: one per queue, each with its own
+/// sequence numbers.
+struct DirectionPlan {
+    let name: String
+    let senderEnd: Int
+    let receiverEnd: Int
+    /// l2fwd: the end that sends the frames back.
+    let forwarderEnd: Int?
+    var flows: [FlowPlan] = []
+}
+
+struct FlowPlan {
+    let queue: Int
+    /// What the flow's sender, receiver and forwarder publish.
+    let counters: FlowCounters
+    let sender: Owned<SenderState>
+    let receiver: Owned<ReceiverState>
+    let forwarder: Owned<ForwarderState>?
+}
+
+enum Benchmark {
+    static let testbedPrefix = "afxbench"
+
+    static func run(mode: Mode, options: BenchOptions) throws {
+        try FrameCodec.selfTest()
+        installSignalHandlers()
+        let watchdog = try Watchdog.start(seconds: options.watchdogSeconds)
+        defer { watchdog.finish() }
+
+        for name in VethTestbed.removeStale(prefix: testbedPrefix) {
+            printError("afxdp-bench: removed namespace \(name), left by a run that died")
+        }
+        var testbed: VethTestbed?
+        defer { testbed?.destroy() }
+        let endpoints: [Endpoint]
+        if let interface = options.interface, let peer = options.peer {
+            endpoints = [
+                try existingEndpoint("A", interface, options.namespace, options.cpuA),
+                try existingEndpoint("B", peer, options.peerNamespace, options.cpuB),
+            ]
+        } else {
+            let bed = try VethTestbed.create(prefix: testbedPrefix, queues: options.queues)
+            testbed = bed
+            watchdog.guardTestbed(bed)
+            endpoints = [
+                Endpoint(name: "A", interface: bed.interfaceA, namespace: bed.namespaceA, macAddress: bed.macAddressA, cpu: options.cpuA),
+                Endpoint(name: "B", interface: bed.interfaceB, namespace: bed.namespaceB, macAddress: bed.macAddressB, cpu: options.cpuB),
+            ]
+        }
+        if stopRequested { throw ExitCode(exitStatus(for: stopRequest.load(ordering: .relaxed))) }
+
+        let session = Session(mode: mode, options: options, endpoints: endpoints)
+        defer { session.close() }
+        try session.open()
+        let report = try session.run()
+        session.close()
+        testbed?.destroy()
+
+        Report.printSummary(report, options: options)
+        if options.json { print(Report.json(report)) }
+        let reason = stopRequest.load(ordering: .relaxed)
+        if !report.errors.isEmpty { throw ExitCode(2) }
+        if reason != 0 { throw ExitCode(exitStatus(for: reason)) }
+    }
+
+    static func exitStatus(for reason: Int32) -> Int32 {
+        switch reason {
+        case StopReason.watchdog: return 3
+        case StopReason.failure: return 2
+        default: return 128 + reason
+        }
+    }
+
+    /// An interface that already exists: its MAC address from `ip -o link`.
+    private static func existingEndpoint(_ name: String, _ interface: String, _ namespace: String?, _ cpu: Int?) throws -> Endpoint {
+        let command = ["ip"] + (namespace.map { ["-n", $0] } ?? []) + ["-o", "link", "show", "dev", interface]
+        let line: String
+        do {
+            line = try runCommand(command)
+        } catch {
+            let place = namespace.map { "network namespace '\($0)'" } ?? "this network namespace"
+            throw BenchError("end \(name): cannot find interface '\(interface)' in \(place); `\(command.joined(separator: " "))` said:\n\(error)")
+        }
+        let words = line.split(whereSeparator: { $0 == " " || $0 == "\\" || $0 == "\n" || $0 == "\t" })
+        guard let at = words.firstIndex(of: "link/ether"), at + 1 < words.count, let mac = MACAddress(words[at + 1]) else {
+            throw BenchError("\(interface) is not an Ethernet interface (`\(command.joined(separator: " "))` shows no link/ether address)")
+        }
+        return Endpoint(name: name, interface: interface, namespace: namespace, macAddress: mac, cpu: cpu)
+    }
+}
+
+/// The ports, the per-flow state, and the threads of one run.
+final class Session {
+    let mode: Mode
+    let options: BenchOptions
+    let endpoints: [Endpoint]
+    private(set) var directions: [DirectionPlan] = []
+    /// ports[end][queue]
+    private(set) var ports: [[Port]] = [[], []]
+    private let control = RunControl()
+    private var closed = false
+
+    init(mode: Mode, options: BenchOptions, endpoints: [Endpoint]) {
+        self.mode = mode
+        self.options = options
+        self.endpoints = endpoints
+        switch mode {
+        case .duplex:
+            directions = [
+                DirectionPlan(name: "A->B", senderEnd: 0, receiverEnd: 1, forwarderEnd: nil),
+                DirectionPlan(name: "B->A", senderEnd: 1, receiverEnd: 0, forwarderEnd: nil),
+            ]
+        case .txOnly, .rxDrop:
+            directions = [DirectionPlan(name: "A->B", senderEnd: 0, receiverEnd: 1, forwarderEnd: nil)]
+        case .l2fwd:
+            directions = [DirectionPlan(name: "A->B->A", senderEnd: 0, receiverEnd: 0, forwarderEnd: 1)]
+        }
+        let listsPerFlow = max(1, 2 * Int(options.ringSize) / options.batch)
+        for index in directions.indices {
+            for queue in 0..<options.queues {
+                let counters = FlowCounters()
+                directions[index].flows.append(FlowPlan(
+                    queue: queue,
+                    counters: counters,
+                    sender: .make(SenderState(
+                        counters: counters, capacity: listsPerFlow, frameLength: options.frameSize, window: options.window)),
+                    receiver: .make(ReceiverState(counters: counters)),
+                    forwarder: directions[index].forwarderEnd == nil ? nil : .make(ForwarderState(counters: counters))))
+            }
+        }
+    }
+
+    private func flow(_ direction: Int, queue: Int) -> FlowPlan { directions[direction].flows[queue] }
+
+    // MARK: Open
+
+    func open() throws {
+        for end in 0..<2 {
+            for queue in 0..<options.queues {
+                ports[end].append(try openPort(end: end, queue: queue))
+            }
+        }
+    }
+
+    private func openPort(end: Int, queue: Int) throws -> Port {
+        let endpoint = endpoints[end]
+        var configuration = PortConfiguration(
+            interface: endpoint.interface, queue: UInt32(queue), networkNamespace: endpoint.namespace)
+        configuration.fillRingSize = options.ringSize
+        configuration.completionRingSize = options.ringSize
+        configuration.receiveRingSize = options.ringSize
+        configuration.transmitRingSize = options.ringSize
+        configuration.frameSize = options.umemFrameSize
+        configuration.receiveBatchSize = UInt32(options.batch)
+        configuration.zeroCopy = options.zeroCopyMode
+        configuration.useNeedWakeup = !options.noNeedWakeup
+        configuration.busyPoll = options.busyPoll ? PortConfiguration.BusyPoll() : nil
+        configuration.etherTypeFilter = TestFrame.etherType
+
+        let sending = directions.firstIndex { $0.senderEnd == end }
+        let receiving = directions.firstIndex { $0.receiverEnd == end }
+        let forwarding = directions.firstIndex { $0.forwarderEnd == end }
+        let sender = sending.map { flow($0, queue: queue).sender }
+        let receiver = receiving.map { flow($0, queue: queue).receiver }
+        let forwarder = forwarding.flatMap { flow($0, queue: queue).forwarder }
+
+        let onReceive: @Sendable (ReceiveIndication) -> Void
+        if let forwarder {
+            onReceive = { Forwarder.forward(forwarder.pointer, $0) }
+        } else if let receiver {
+            if mode == .rxDrop {
+                let frameLength = options.frameSize
+                onReceive = { Receiver.drop(receiver.pointer, $0, frameLength: frameLength) }
+            } else {
+                onReceive = { Receiver.check(receiver.pointer, $0) }
+            }
+        } else {
+            onReceive = { try? $0.port.returnList($0.list) }  // nothing is sent to this end
+        }
+        let onSendComplete: @Sendable (SendCompletions) -> Void
+        if let forwarder {
+            onSendComplete = { Forwarder.completed(forwarder.pointer, $0) }
+        } else if let sender {
+            onSendComplete = { Generator.completed(sender.pointer, $0) }
+        } else {
+            onSendComplete = { _ in }
+        }
+
+        let port: Port
+        do {
+            port = try Port.open(configuration, onReceive: onReceive, onSendComplete: onSendComplete)
+        } catch {
+            let place = endpoint.namespace.map { " in namespace \($0)" } ?? ""
+            throw BenchError("cannot open end \(endpoint.name) (\(endpoint.interface) queue \(queue)\(place)): \(error)")
+        }
+        forwarder?.pointer.pointee.port = port
+        if let sender, let sending {
+            let peer = endpoints[directions[sending].forwarderEnd ?? directions[sending].receiverEnd]
+            var lists: [PacketList] = []
+            while lists.count < sender.pointer.pointee.capacity, let list = port.allocateList(packetCount: options.batch) {
+                for packet in list.packets {
+                    TestFrame.write(
+                        into: packet.buffer, length: options.frameSize, sequence: 0,
+                        source: endpoint.macAddress, destination: peer.macAddress)
+                    try packet.setLength(options.frameSize)
+                }
+                lists.append(list)
+            }
+            guard !lists.isEmpty else {
+                port.close()
+                throw BenchError("end \(endpoint.name): the send pool has no room for one list of \(options.batch) packets; lower --batch")
+            }
+            sender.pointer.pointee.attach(port: port, lists: lists)
+        }
+        return port
+    }
+
+    // MARK: Run
+
+    func run() throws -> RunReport {
+        let seconds = options.seconds
+        let drainLimit: UInt64 = 1_000_000_000
+        var threads: [pthread_t] = []
+        defer {
+            control.phase.store(RunControl.stopped, ordering: .releasing)
+            for thread in threads { pthread_join(thread, nil) }
+        }
+        control.hardDeadline.store(
+            monotonicNanoseconds() + UInt64(seconds * 1e9) + drainLimit + 5_000_000_000, ordering: .relaxed)
+        for end in 0..<2 {
+            let ports = self.ports[end]
+            let senders = directions.filter { $0.senderEnd == end }.flatMap { $0.flows.map(\.sender) }
+            let receivers = mode == .rxDrop || mode == .txOnly && end == 1
+                ? [] : directions.filter { $0.receiverEnd == end }.flatMap { $0.flows.map(\.receiver) }
+            let control = self.control
+            let listsPerPass = options.listsPerPass
+            let thread = try startThread {
+                EndLoop.run(
+                    ports: ports, senders: senders, receivers: receivers, listsPerPass: listsPerPass, control: control)
+            }
+            threads.append(thread)
+            if let cpu = endpoints[end].cpu { try pin(thread, toCPU: cpu) }
+        }
+
+        Report.printHeader(self)
+        var previous = sample()
+        let start = monotonicNanoseconds()
+        control.phase.store(RunControl.running, ordering: .releasing)
+        let end = start + UInt64(seconds * 1e9)
+        var nextTick = start + 1_000_000_000
+        var previousTick = start
+        while !stopRequested {
+            let now = monotonicNanoseconds()
+            if now >= end {
+                // The last interval, unless it is only a sliver.
+                if now - previousTick >= 500_000_000 {
+                    Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: sample())
+                }
+                break
+            }
+            if now >= nextTick {
+                let current = sample()
+                Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
+                previous = current
+                previousTick = now
+                nextTick += 1_000_000_000
+            }
+            sleepNanoseconds(min(min(nextTick, end) - now, 20_000_000))
+        }
+
+        // Stop sending; let what is in flight arrive, then stop the threads.
+        let stopped = monotonicNanoseconds()
+        let atStop = sample()
+        control.phase.store(RunControl.draining, ordering: .releasing)
+        var last = atStop
+        var quietSince = monotonicNanoseconds()
+        while !stopRequested || stopRequest.load(ordering: .relaxed) == StopReason.failure {
+            sleepNanoseconds(5_000_000)
+            let now = monotonicNanoseconds()
+            let current = sample()
+            if current != last { last = current; quietSince = now }
+            if now - quietSince >= 30_000_000 || now - stopped >= drainLimit { break }
+        }
+        control.phase.store(RunControl.stopped, ordering: .releasing)
+        for thread in threads { pthread_join(thread, nil) }
+        threads.removeAll()
+
+        return collect(elapsed: stopped - start, atStop: atStop)
+    }
+
+    /// What the counters say now, per direction (cheap enough once a second).
+    func sample() -> [DirectionSample] {
+        directions.map { direction in
+            var sample = DirectionSample()
+            for flow in direction.flows {
+                sample.sent += flow.counters.sentPackets.load(ordering: .relaxed)
+                sample.sentBytes += flow.counters.sentBytes.load(ordering: .relaxed)
+                sample.received += flow.counters.receivedPackets.load(ordering: .relaxed)
+                sample.receivedBytes += flow.counters.receivedBytes.load(ordering: .relaxed)
+                sample.gaps += flow.counters.gaps.load(ordering: .relaxed)
+                sample.forwarded += flow.counters.forwardedPackets.load(ordering: .relaxed)
+            }
+            let sendingEnds = [direction.senderEnd] + (direction.forwarderEnd.map { [$0] } ?? [])
+            let receivingEnds = [direction.receiverEnd] + (direction.forwarderEnd.map { [$0] } ?? [])
+            for end in sendingEnds {
+                for port in ports[end] { sample.queued += port.statistics.send.queuedFrames }
+            }
+            for end in receivingEnds {
+                for port in ports[end] { sample.socketDrops += port.statistics.receive.dropped }
+            }
+            return sample
+        }
+    }
+
+    // MARK: Results
+
+    private func collect(elapsed: UInt64, atStop: [DirectionSample]) -> RunReport {
+        let seconds = Double(elapsed) / 1e9
+        let overhead = options.wireOverhead ? 20 : 0
+        var errors: [String] = []
+        var results: [DirectionResult] = []
+        for (index, direction) in directions.enumerated() {
+            var result = DirectionResult(name: direction.name)
+            var latency = Histogram<UInt64>(highestTrackableValue: 10_000_000_000, numberOfSignificantValueDigits: .three)
+            var windowResets = 0
+            for flow in direction.flows {
+                let sender = flow.sender.pointer
+                let receiver = flow.receiver.pointer
+                receiver.pointee.flushLatency()
+                latency.add(receiver.pointee.latency)
+                result.sentPackets += sender.pointee.sentPackets
+                result.sentBytes += sender.pointee.sentPackets * sender.pointee.frameLength
+                result.unsentPackets += sender.pointee.failedPackets
+                result.packets += receiver.pointee.packets
+                result.bytes += receiver.pointee.bytes
+                result.gaps += receiver.pointee.gaps
+                result.reordered += receiver.pointee.reordered
+                result.corrupted += receiver.pointee.corrupted
+                result.foreign += receiver.pointee.foreign
+                windowResets += sender.pointee.windowResets
+                if let error = sender.pointee.firstError {
+                    errors.append("\(direction.name) queue \(flow.queue): send refused \(sender.pointee.sendErrors) time(s): \(error)")
+                }
+                if let error = receiver.pointee.firstError {
+                    errors.append("\(direction.name) queue \(flow.queue): returnList refused \(receiver.pointee.returnErrors) time(s): \(error)")
+                }
+                if let forwarder = flow.forwarder?.pointer {
+                    result.forwardedPackets = (result.forwardedPackets ?? 0) + forwarder.pointee.forwardedPackets
+                    result.unforwardedPackets = (result.unforwardedPackets ?? 0) + forwarder.pointee.failedPackets
+                    if let error = forwarder.pointee.firstError {
+                        errors.append("\(direction.name) queue \(flow.queue): forwarding refused "
+                            + "\(forwarder.pointee.sendErrors + forwarder.pointee.returnErrors) time(s): \(error)")
+                    }
+                }
+            }
+            result.lost = result.sentPackets - result.packets
+            result.lossPercent = rounded(result.sentPackets > 0 ? Double(result.lost) * 100 / Double(result.sentPackets) : 0, 4)
+            result.windowResets = windowResets
+            let sample = atStop[index]
+            result.txMpps = rounded(Double(sample.sent) / seconds / 1e6, 6)
+            result.mpps = rounded(Double(sample.received) / seconds / 1e6, 6)
+            result.gbps = rounded(Double(sample.receivedBytes + sample.received * overhead) * 8 / seconds / 1e9, 6)
+            if mode == .rxDrop {
+                result.checked = false
+            } else if latency.totalCount > 0 {
+                func microseconds(_ nanoseconds: UInt64) -> Double { Double(nanoseconds) / 1000 }
+                result.latencyMicroseconds = LatencyResult(
+                    samples: latency.totalCount,
+                    p50: microseconds(latency.valueAtPercentile(50)),
+                    p90: microseconds(latency.valueAtPercentile(90)),
+                    p99: microseconds(latency.valueAtPercentile(99)),
+                    p999: microseconds(latency.valueAtPercentile(99.9)),
+                    max: microseconds(latency.max),
+                    mean: rounded(latency.mean / 1000, 3))
+            }
+            results.append(result)
+        }
+
+        var portResults: [PortResult] = []
+        for end in 0..<2 {
+            for (queue, port) in ports[end].enumerated() {
+                let statistics = port.statistics
+                portResults.append(PortResult(
+                    end: endpoints[end].name, interface: endpoints[end].interface, queue: queue,
+                    zeroCopy: port.isZeroCopy, nativeXDP: port.isAttachedNatively,
+                    sentPackets: statistics.send.packets, kicks: statistics.send.kicks,
+                    kickErrors: statistics.send.kickErrors, ringFullEvents: statistics.send.ringFullEvents,
+                    sendsDropped: statistics.send.dropped, queuedFrames: statistics.send.queuedFrames,
+                    receivedPackets: statistics.receive.packets, indications: statistics.receive.indications,
+                    lowResourceEvents: statistics.receive.lowResourceEvents,
+                    socketReceiveDropped: statistics.kernel.receiveDropped,
+                    socketReceiveRingFull: statistics.kernel.receiveRingFull,
+                    fillRingEmpty: statistics.kernel.fillRingEmpty,
+                    invalidDescriptors: statistics.kernel.receiveInvalidDescriptors + statistics.kernel.transmitInvalidDescriptors,
+                    programRedirected: statistics.programRedirected, programPassed: statistics.programPassed,
+                    notes: port.notes))
+            }
+        }
+        let reason = stopRequest.load(ordering: .relaxed)
+        return RunReport(
+            mode: mode.rawValue, seconds: (seconds * 1000).rounded() / 1000, requestedSeconds: options.seconds,
+            frameSize: options.frameSize, batch: options.batch, ringSize: Int(options.ringSize),
+            umemFrameSize: options.umemFrameSize, queues: options.queues,
+            zeroCopy: ports.joined().allSatisfy(\.isZeroCopy), needWakeup: !options.noNeedWakeup,
+            busyPoll: options.busyPoll, window: options.window, gbpsIncludesPreambleAndGap: options.wireOverhead,
+            stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),
+            directions: results, ports: portResults, errors: errors)
+    }
+
+    private func rounded(_ value: Double, _ decimals: Int) -> Double {
+        let scale = pow(10, Double(decimals))
+        return (value * scale).rounded() / scale
+    }
+
+    // MARK: Close
+
+    /// Closes every port, then frees the per-flow state. Idempotent.
+    func close() {
+        guard !closed else { return }
+        closed = true
+        control.phase.store(RunControl.stopped, ordering: .releasing)
+        for port in ports.joined() { port.close() }
+        ports = [[], []]
+        for direction in directions {
+            for flow in direction.flows {
+                flow.sender.pointer.pointee.releaseStorage()
+                flow.sender.free()
+                flow.receiver.free()
+                flow.forwarder?.free()
+            }
+        }
+        directions = []
+    }
+}
+
+struct DirectionSample: Equatable {
+    var sent = 0
+    var sentBytes = 0
+    var received = 0
+    var receivedBytes = 0
+    var gaps = 0
+    var forwarded = 0
+    var queued = 0
+    var socketDrops = 0
+}

@@ -1,0 +1,472 @@
+// The hot paths: the generator, the receive checker, the rx-drop counter and
+// the l2fwd forwarder, and the loop each end's thread runs.
+//
+// Ownership: every state struct below is owned by one thread, the one that
+// polls its port (the engine calls a port's handlers on the thread running
+// its `poll` or `send`). The structs live in raw memory reached through
+// pointers rather than in class properties: pointer accesses carry no
+// dynamic exclusivity checks, and handlers may run nested inside `send`
+// (a completion delivered during a send), so no access is held across a
+// call into the engine. What other threads need to read is published in
+// `FlowCounters`, relaxed atomics written by their one owner.
+//
+// Nothing here allocates per packet or per list.
+
+import AFXDP
+import AFXDPTestbed
+import Histogram
+import Glibc
+import Synchronization
+
+/// A pointer to state owned by one thread, handed to that thread's handlers.
+struct Owned<State>: @unchecked Sendable {
+    // @unchecked: only the owning thread dereferences it while traffic runs;
+    // the main thread reads it after the traffic threads are joined.
+    let pointer: UnsafeMutablePointer<State>
+
+    /// Allocates on a cache line of its own.
+    static func make(_ state: State) -> Owned {
+        let bytes = (MemoryLayout<State>.stride + 127) & ~63
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        let pointer = raw.bindMemory(to: State.self, capacity: 1)
+        pointer.initialize(to: state)
+        return Owned(pointer: pointer)
+    }
+
+    func free() {
+        pointer.deinitialize(count: 1)
+        UnsafeMutableRawPointer(pointer).deallocate()
+    }
+}
+
+/// 64 bytes that keep the counters of different writers off one cache line.
+typealias CacheLinePad = InlineArray<8, UInt64>
+
+/// What one flow's threads publish for the others: the per-second lines and
+/// the send window read them. Each group has one writer, which stores
+/// totals (a plain store, not a locked add).
+final class FlowCounters: Sendable {
+    private let pad0 = CacheLinePad(repeating: 0)
+    // Written by the sender's thread.
+    let sentPackets = Atomic<Int>(0)
+    let sentBytes = Atomic<Int>(0)
+    private let pad1 = CacheLinePad(repeating: 0)
+    // Written by the receiver's thread.
+    let receivedPackets = Atomic<Int>(0)
+    let receivedBytes = Atomic<Int>(0)
+    /// The next sequence number the receiver expects: everything below it
+    /// has arrived or been counted lost.
+    let progress = Atomic<UInt64>(0)
+    let gaps = Atomic<Int>(0)
+    private let pad2 = CacheLinePad(repeating: 0)
+    // Written by the forwarder's thread (l2fwd).
+    let forwardedPackets = Atomic<Int>(0)
+    private let pad3 = CacheLinePad(repeating: 0)
+
+    init() {
+        _ = (pad0, pad1, pad2, pad3)
+    }
+}
+
+// MARK: - Generator
+
+struct SenderState {
+    /// Set right after the port opens, with the lists; before any traffic.
+    /// Unretained: the session holds the port for longer than any traffic.
+    var port: Unmanaged<Port>?
+    let counters: FlowCounters
+    /// Lists that are ours (completed, or never sent): a stack.
+    let lists: UnsafeMutablePointer<PacketList>
+    let capacity: Int
+    var freeLists = 0
+    var totalLists = 0
+    let frameLength: Int
+    var nextSequence: UInt64 = 0
+    var sentPackets = 0
+    var failedPackets = 0
+    var sendErrors = 0
+    var firstError: String?
+    /// 0: unlimited; else most frames in flight.
+    let window: Int
+    /// Sequence numbers below this count as settled for the window (lost
+    /// frames never arrive; see `windowAdmits`).
+    var windowBase: UInt64 = 0
+    var stalledSince: UInt64 = 0
+    var windowResets = 0
+
+    init(counters: FlowCounters, capacity: Int, frameLength: Int, window: Int) {
+        self.counters = counters
+        self.capacity = capacity
+        lists = .allocate(capacity: capacity)
+        self.frameLength = frameLength
+        self.window = window
+    }
+
+    /// Gives the generator its port and its lists (already written with
+    /// addresses, EtherType and length).
+    mutating func attach(port: Port, lists initial: [PacketList]) {
+        precondition(initial.count <= capacity && totalLists == 0)
+        self.port = Unmanaged.passUnretained(port)
+        lists.initialize(from: initial, count: initial.count)
+        freeLists = initial.count
+        totalLists = initial.count
+    }
+
+    func releaseStorage() { lists.deallocate() }
+}
+
+enum Generator {
+    /// The window reopens when the receiver has made no progress this long
+    /// after every list has completed: frames were lost (they never arrive,
+    /// and waiting would stall the flow for good) or the receiver stalled.
+    static let reopenAfterNanoseconds: UInt64 = 100_000_000
+
+    /// Sends up to `maximumLists` of the lists that are ours (as the window
+    /// allows), each with fresh sequence numbers and one send timestamp.
+    /// Returns how many lists it sent.
+    @inline(__always) @discardableResult
+    static func generate(_ state: UnsafeMutablePointer<SenderState>, maximumLists: Int) -> Int {
+        guard let port = state.pointee.port else { return 0 }
+        let frameLength = state.pointee.frameLength
+        var sent = 0
+        while sent < maximumLists, state.pointee.freeLists > 0 {
+            let count = state.pointee.lists[state.pointee.freeLists - 1].count
+            if state.pointee.window > 0, !windowAdmits(state, count) { break }
+            state.pointee.freeLists -= 1
+            let list = state.pointee.lists[state.pointee.freeLists]
+            let timestamp = monotonicNanoseconds()
+            var sequence = state.pointee.nextSequence
+            for packet in list.packets {
+                FrameCodec.rewrite(packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
+                sequence &+= 1
+            }
+            state.pointee.nextSequence = sequence
+            do {
+                // May deliver completions (nested) before it returns.
+                try port._withUnsafeGuaranteedRef { try $0.send(list) }
+                sent += 1
+            } catch {
+                // The engine refuses only bad input: a bug here or there. Keep
+                // the list and stop this flow's traffic.
+                state.pointee.sendErrors += 1
+                if state.pointee.firstError == nil { state.pointee.firstError = "\(error)" }
+                state.pointee.lists[state.pointee.freeLists] = list
+                state.pointee.freeLists += 1
+                requestStop(StopReason.failure)
+                break
+            }
+        }
+        return sent
+    }
+
+    private static func windowAdmits(_ state: UnsafeMutablePointer<SenderState>, _ count: Int) -> Bool {
+        let settled = max(state.pointee.counters.progress.load(ordering: .relaxed), state.pointee.windowBase)
+        let inFlight = Int(truncatingIfNeeded: state.pointee.nextSequence &- settled)
+        if inFlight + count <= state.pointee.window {
+            state.pointee.stalledSince = 0
+            return true
+        }
+        // Every list has completed, yet the receiver has not seen them all.
+        // Wait a while for the last ones, then give up on them.
+        guard state.pointee.freeLists == state.pointee.totalLists else { return false }
+        let now = monotonicNanoseconds()
+        if state.pointee.stalledSince == 0 {
+            state.pointee.stalledSince = now
+        } else if now &- state.pointee.stalledSince > reopenAfterNanoseconds {
+            state.pointee.windowBase = state.pointee.nextSequence
+            state.pointee.windowResets += 1
+            state.pointee.stalledSince = 0
+            return true
+        }
+        return false
+    }
+
+    /// The completion handler: the lists are ours again.
+    @inline(__always)
+    static func completed(_ state: UnsafeMutablePointer<SenderState>, _ batch: SendCompletions) {
+        var sent = 0
+        var failed = 0
+        for list in batch {
+            if list.status == .success { sent += list.count } else { failed += list.count }
+            state.pointee.lists[state.pointee.freeLists] = list
+            state.pointee.freeLists += 1
+        }
+        state.pointee.sentPackets += sent
+        state.pointee.failedPackets += failed
+        let total = state.pointee.sentPackets
+        state.pointee.counters.sentPackets.store(total, ordering: .relaxed)
+        state.pointee.counters.sentBytes.store(total &* state.pointee.frameLength, ordering: .relaxed)
+    }
+}
+
+// MARK: - Receivers
+
+struct ReceiverState {
+    let counters: FlowCounters
+    var expected: UInt64 = 0
+    var packets = 0
+    var bytes = 0
+    /// Sequence numbers skipped (frames not seen when a later one arrived).
+    var gaps = 0
+    /// Frames whose sequence number is below one seen before: late or duplicated.
+    var reordered = 0
+    /// Frames whose payload (or header) is not as written.
+    var corrupted = 0
+    /// Frames that are not test frames at all.
+    var foreign = 0
+    var returnErrors = 0
+    var firstError: AFXDPError?
+    /// Send-to-receive time in nanoseconds. Equal values come in runs (a
+    /// list shares one send timestamp and one receive time), recorded as one.
+    var latency = Histogram<UInt64>(highestTrackableValue: 10_000_000_000, numberOfSignificantValueDigits: .three)
+    var runValue: UInt64 = 0
+    var runCount: UInt64 = 0
+
+    init(counters: FlowCounters) { self.counters = counters }
+
+    /// Records the pending run; call once traffic has stopped.
+    mutating func flushLatency() {
+        if runCount > 0 { latency.record(runValue, count: runCount) }
+        runCount = 0
+    }
+}
+
+enum Receiver {
+    /// Checks every frame of a received list, then returns the list.
+    @inline(__always)
+    static func check(_ state: UnsafeMutablePointer<ReceiverState>, _ indication: ReceiveIndication) {
+        let list = indication.list
+        let now = monotonicNanoseconds()
+        var expected = state.pointee.expected
+        var runValue = state.pointee.runValue
+        var runCount = state.pointee.runCount
+        var bytes = 0
+        var gaps = 0
+        var reordered = 0
+        var corrupted = 0
+        var foreign = 0
+        for packet in list.packets {
+            let length = packet.length
+            bytes &+= length
+            let frame = FrameCodec.check(packet.bytes.baseAddress!, length: length)
+            switch frame.verdict {
+            case .foreign:
+                foreign += 1
+                continue
+            case .corrupted:
+                corrupted += 1  // its sequence number and timestamp cannot be trusted
+                continue
+            case .intact:
+                break
+            }
+            if frame.sequence == expected {
+                expected &+= 1
+            } else if frame.sequence > expected {
+                gaps &+= Int(truncatingIfNeeded: frame.sequence &- expected)
+                expected = frame.sequence &+ 1
+            } else {
+                reordered += 1
+            }
+            let latency = now > frame.timestamp ? now &- frame.timestamp : 0
+            if latency == runValue {
+                runCount &+= 1
+            } else {
+                if runCount > 0 { state.pointee.latency.record(runValue, count: runCount) }
+                runValue = latency
+                runCount = 1
+            }
+        }
+        state.pointee.expected = expected
+        state.pointee.runValue = runValue
+        state.pointee.runCount = runCount
+        state.pointee.packets &+= list.count
+        state.pointee.bytes &+= bytes
+        state.pointee.gaps &+= gaps
+        state.pointee.reordered &+= reordered
+        state.pointee.corrupted &+= corrupted
+        state.pointee.foreign &+= foreign
+        publish(state)
+        giveBack(state, indication)
+    }
+
+    /// rx-drop: counts the list and returns it without reading a byte. Bytes
+    /// are counted as packets times the frame length sent (the XDP program
+    /// lets only test frames through).
+    @inline(__always)
+    static func drop(_ state: UnsafeMutablePointer<ReceiverState>, _ indication: ReceiveIndication, frameLength: Int) {
+        let count = indication.list.count
+        state.pointee.packets &+= count
+        state.pointee.bytes &+= count &* frameLength
+        publish(state)
+        giveBack(state, indication)
+    }
+
+    @inline(__always)
+    private static func publish(_ state: UnsafeMutablePointer<ReceiverState>) {
+        let counters = state.pointee.counters
+        counters.receivedPackets.store(state.pointee.packets, ordering: .relaxed)
+        counters.receivedBytes.store(state.pointee.bytes, ordering: .relaxed)
+        counters.progress.store(state.pointee.expected, ordering: .relaxed)
+        counters.gaps.store(state.pointee.gaps, ordering: .relaxed)
+    }
+
+    @inline(__always)
+    private static func giveBack(_ state: UnsafeMutablePointer<ReceiverState>, _ indication: ReceiveIndication) {
+        do {
+            try indication.port.returnList(indication.list)
+        } catch {
+            state.pointee.returnErrors += 1
+            if state.pointee.firstError == nil { state.pointee.firstError = error }
+            requestStop(StopReason.failure)
+        }
+    }
+}
+
+// MARK: - Forwarder (l2fwd)
+
+struct ForwarderState {
+    let counters: FlowCounters
+    /// Set right after the port opens, before any traffic.
+    var port: Port?
+    var forwardedPackets = 0
+    var failedPackets = 0
+    var sendErrors = 0
+    var returnErrors = 0
+    var firstError: AFXDPError?
+
+    init(counters: FlowCounters) { self.counters = counters }
+}
+
+enum Forwarder {
+    /// Swaps the MAC addresses of every frame in place and sends the same
+    /// list back out of the port it came in on.
+    @inline(__always)
+    static func forward(_ state: UnsafeMutablePointer<ForwarderState>, _ indication: ReceiveIndication) {
+        for packet in indication.list.packets where packet.length >= 12 {
+            let base = packet.bytes.baseAddress!
+            let destination = (base.loadUnaligned(as: UInt32.self), base.loadUnaligned(fromByteOffset: 4, as: UInt16.self))
+            let source = (base.loadUnaligned(fromByteOffset: 6, as: UInt32.self), base.loadUnaligned(fromByteOffset: 10, as: UInt16.self))
+            base.storeBytes(of: source.0, as: UInt32.self)
+            base.storeBytes(of: source.1, toByteOffset: 4, as: UInt16.self)
+            base.storeBytes(of: destination.0, toByteOffset: 6, as: UInt32.self)
+            base.storeBytes(of: destination.1, toByteOffset: 10, as: UInt16.self)
+        }
+        do {
+            try indication.port.send(indication.list)
+        } catch {
+            state.pointee.sendErrors += 1
+            if state.pointee.firstError == nil { state.pointee.firstError = error }
+            try? indication.port.returnList(indication.list)
+            requestStop(StopReason.failure)
+        }
+    }
+
+    /// The forwarded lists are done: give them back to the receive side.
+    @inline(__always)
+    static func completed(_ state: UnsafeMutablePointer<ForwarderState>, _ batch: SendCompletions) {
+        guard let port = state.pointee.port else { return }
+        for list in batch {
+            if list.status == .success {
+                state.pointee.forwardedPackets += list.count
+            } else {
+                state.pointee.failedPackets += list.count
+            }
+            do {
+                try port.returnList(list)
+            } catch {
+                state.pointee.returnErrors += 1
+                if state.pointee.firstError == nil { state.pointee.firstError = error }
+                requestStop(StopReason.failure)
+            }
+        }
+        state.pointee.counters.forwardedPackets.store(state.pointee.forwardedPackets, ordering: .relaxed)
+    }
+}
+
+// MARK: - The loop of one end
+
+/// Where the run is; the main thread moves it forward, the traffic threads
+/// follow.
+final class RunControl: Sendable {
+    static let setup = 0, running = 1, draining = 2, stopped = 3
+    private let pad0 = CacheLinePad(repeating: 0)
+    let phase = Atomic<Int>(RunControl.setup)
+    /// No traffic loop runs past this (CLOCK_MONOTONIC ns), whatever the main thread does.
+    let hardDeadline = Atomic<UInt64>(.max)
+    private let pad1 = CacheLinePad(repeating: 0)
+    init() { _ = (pad0, pad1) }
+}
+
+enum EndLoop {
+    /// Idle passes in a row after which the thread yields its CPU once (the
+    /// two ends may share a core with each other or with other work).
+    static let idlePassesBeforeYield = 64
+    /// Most extra polls per pass while they keep bringing received packets.
+    static let drainRoundsPerPass = 16
+
+    /// One end's thread: send up to `listsPerPass` lists per flow (while
+    /// running), then poll each of its ports, again while that brings
+    /// received packets (bounded), until the main thread says stop or the
+    /// hard deadline passes.
+    ///
+    /// Sending is bounded per pass because in copy mode the kernel does the
+    /// receiving end's work inside the sender's kick: a thread that sent
+    /// everything it could before polling would starve its own receive side
+    /// (one `poll` indicates at most a few lists).
+    static func run(
+        ports: [Port], senders: [Owned<SenderState>], receivers: [Owned<ReceiverState>], listsPerPass: Int,
+        control: RunControl
+    ) {
+        while control.phase.load(ordering: .acquiring) == RunControl.setup {
+            if monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { return }
+            sleepNanoseconds(50_000)
+        }
+        // Unretained: the session holds the ports until this thread is
+        // joined; calling through guaranteed references keeps retain and
+        // release out of the loop.
+        let ports = ports.map { Unmanaged.passUnretained($0) }
+        let senders = senders.map(\.pointer)
+        let receivers = receivers.map(\.pointer)
+        @inline(__always) func received() -> Int {
+            var total = 0
+            for receiver in receivers { total &+= receiver.pointee.packets }
+            return total
+        }
+        var iteration: UInt32 = 0
+        var idlePasses = 0
+        while true {
+            let phase = control.phase.load(ordering: .relaxed)
+            if phase >= RunControl.stopped { break }
+            var progress = false
+            if phase == RunControl.running {
+                for sender in senders where Generator.generate(sender, maximumLists: listsPerPass) > 0 { progress = true }
+            }
+            for port in ports where port._withUnsafeGuaranteedRef({ $0.poll() }) { progress = true }
+            // Drain what has arrived before sending more: one poll indicates
+            // only a few lists, and a receiver that takes no more per pass
+            // than its peer sends never works off a backlog.
+            if !receivers.isEmpty {
+                var rounds = 0
+                var before = received()
+                while rounds < drainRoundsPerPass {
+                    for port in ports { port._withUnsafeGuaranteedRef { _ = $0.poll() } }
+                    let after = received()
+                    if after == before { break }
+                    before = after
+                    rounds += 1
+                }
+            }
+            if progress {
+                idlePasses = 0
+            } else {
+                idlePasses += 1
+                if idlePasses >= idlePassesBeforeYield {
+                    idlePasses = 0
+                    sched_yield()
+                }
+            }
+            iteration &+= 1
+            if iteration & 1023 == 0, monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { break }
+        }
+    }
+}

@@ -1,2 +1,0 @@
-import AFXDP
-print("afxdp-bench: not yet")
