@@ -117,7 +117,10 @@ public struct Statistics: Sendable {
     public var send: Send
     public var receive: Receive
     public var kernel: KernelSocketStatistics
-    /// Frames handed to this socket by the XDP program (its per-CPU counters), and passed to the stack.
+    /// The XDP program's own counters (per CPU, summed): frames it redirected
+    /// to a socket, and frames it passed to the kernel's stack. They count the
+    /// whole interface, not only this port's queue: ports on several queues
+    /// of one interface share the program.
     public var programRedirected: Int
     public var programPassed: Int
 }
