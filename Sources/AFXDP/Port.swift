@@ -182,11 +182,7 @@ public final class Port: @unchecked Sendable {
         guard list.pool === pool else { throw .foreignList }
         // A stale or busy handle says so before anything is read through it.
         try pool.transition(list, from: .caller, to: .caller)
-        var frame = list.record.pointee.head
-        while frame != noSlot {
-            if pool.frames[Int(frame)].length == 0 { throw .emptyFrame }
-            frame = pool.frames[Int(frame)].next
-        }
+        guard list.record.pointee.unsetLengths == 0 else { throw .emptyFrame }
         guard currentState != .closed else { throw .portClosed }
         try pool.transition(list, from: .caller, to: .engine)
         sendDoorbell.mailbox.push(list.slot, links: pool.lists)

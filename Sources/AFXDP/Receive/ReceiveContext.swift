@@ -24,23 +24,27 @@ final class ReceiveContext: @unchecked Sendable {
     private let leadingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
     // MARK: Owner-only state
+    //
+    // `@exclusivity(unchecked)`: one owner at a time (see SendContext).
     let pool: PacketPool
-    var rx: ConsumerRing<XDPDescriptor>?
-    var fill: ProducerRing<UInt64>?
+    @exclusivity(unchecked) var rx: ConsumerRing<XDPDescriptor>
+    @exclusivity(unchecked) var fill: ProducerRing<UInt64>
+    /// False once close has taken the socket (and these rings) away.
+    @exclusivity(unchecked) private var ringsOpen = true
     /// Receive frames that are the engine's and not in the fill ring.
-    var freeFrames: IndexStack
+    @exclusivity(unchecked) var freeFrames: IndexStack
     /// Receive list slots not in use.
-    var freeSlots: IndexStack
+    @exclusivity(unchecked) var freeSlots: IndexStack
     /// Frames submitted to the fill ring and not yet seen again on RX.
-    private(set) var framesWithKernel = 0
+    @exclusivity(unchecked) private(set) var framesWithKernel = 0
     let batchSize: UInt32
     /// Below this many frames with the kernel, the port is low on receive resources.
     let lowWatermark: Int
     /// Whether the last refill left the kernel fewer than `lowWatermark` frames.
-    private(set) var isLowOnResources = false
+    @exclusivity(unchecked) private(set) var isLowOnResources = false
     let socketFD: Int32
-    var onReceive: @Sendable (ReceiveIndication) -> Void
-    unowned(unsafe) var port: Port!
+    @exclusivity(unchecked) var onReceive: @Sendable (ReceiveIndication) -> Void
+    @exclusivity(unchecked) unowned(unsafe) var port: Port!
 
     // MARK: Counters (owner writes, anyone reads)
     let counters = ReceiveCounters()
@@ -50,11 +54,11 @@ final class ReceiveContext: @unchecked Sendable {
 
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
-    init(pool: PacketPool, rx: RingMemory?, fill: RingMemory?, socketFD: Int32, batchSize: UInt32,
+    init(pool: PacketPool, rx: RingMemory, fill: RingMemory, socketFD: Int32, batchSize: UInt32,
          onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
         self.pool = pool
-        self.rx = rx.map { ConsumerRing($0) }
-        self.fill = fill.map { ProducerRing($0) }
+        self.rx = ConsumerRing(rx)
+        self.fill = ProducerRing(fill)
         self.socketFD = socketFD
         self.batchSize = batchSize
         self.onReceive = onReceive
@@ -86,7 +90,7 @@ final class ReceiveContext: @unchecked Sendable {
     @discardableResult
     func service(mailbox: SlotMailbox, maximumLists: Int = 4) -> Bool {
         var progress = takeReturns(mailbox)
-        guard rx != nil else { return progress }
+        guard ringsOpen else { return progress }
         refill()
         for _ in 0..<maximumLists {
             guard indicateOnce() else { break }
@@ -119,24 +123,21 @@ final class ReceiveContext: @unchecked Sendable {
     }
 
     private func refill() {
-        guard var ring = fill else { return }
-        let wanted = UInt32(freeFrames.count)
-        if wanted > 0 {
-            let (start, granted) = ring.reserve(upTo: wanted)
+        if !freeFrames.isEmpty {
+            let (start, granted) = fill.reserve(upTo: UInt32(freeFrames.count))
             if granted > 0 {
                 let shift = UInt64(pool.frameShift)
                 var index = start
                 for _ in 0..<granted {
-                    ring[index] = UInt64(freeFrames.pop()!) << shift
+                    fill[index] = UInt64(freeFrames.pop()!) << shift
                     index &+= 1
                 }
-                ring.submit()
+                fill.submit()
                 framesWithKernel += Int(granted)
                 counters.add(framesWithKernel: Int(granted))
             }
         }
-        if ring.needsWakeup { SystemCalls.wakeReceive(socketFD) }
-        fill = ring
+        if fill.needsWakeup { SystemCalls.wakeReceive(socketFD) }
         // Every frame not with the kernel is held by the caller: report it once per episode.
         let low = framesWithKernel < lowWatermark
         if low && !isLowOnResources { counters.noteLowResources() }
@@ -145,7 +146,7 @@ final class ReceiveContext: @unchecked Sendable {
 
     /// Indicates one list of up to `batchSize` received packets.
     private func indicateOnce() -> Bool {
-        let (start, count) = rx!.peek(upTo: batchSize)
+        let (start, count) = rx.peek(upTo: batchSize)
         guard count > 0 else { return false }
         // A slot per list and at most one list per frame: never runs out.
         let slot = freeSlots.pop()!
@@ -156,7 +157,7 @@ final class ReceiveContext: @unchecked Sendable {
         var previous = noSlot
         var bytes = 0
         for _ in 0..<count {
-            let descriptor = rx![index]
+            let descriptor = rx[index]
             index &+= 1
             let frame = UInt32(truncatingIfNeeded: descriptor.address >> shift)
             precondition(Int(frame) < pool.receiveFrameCount, "RX ring returned a frame outside the receive pool")
@@ -167,7 +168,7 @@ final class ReceiveContext: @unchecked Sendable {
             if previous == noSlot { list.pointee.head = frame } else { pool.frames[Int(previous)].next = frame }
             previous = frame
         }
-        rx!.release()
+        rx.release()
         framesWithKernel -= Int(count)
         counters.add(framesWithKernel: -Int(count))
         list.pointee.tail = previous
@@ -186,8 +187,7 @@ final class ReceiveContext: @unchecked Sendable {
     /// so every receive frame the caller does not hold is the engine's again.
     func reclaimAfterSocketClosed(_ mailbox: SlotMailbox) {
         takeReturns(mailbox)
-        rx = nil
-        fill = nil
+        ringsOpen = false
         while freeFrames.pop() != nil {}
         while freeSlots.pop() != nil {}
         var heldFrames = [Bool](repeating: false, count: pool.receiveFrameCount)

@@ -137,6 +137,8 @@ public struct Packet {
     public func setLength(_ length: Int) throws(AFXDPError) {
         guard length > 0 else { throw .emptyFrame }
         guard length <= capacity else { throw .frameTooLarge(length: length, maximum: capacity) }
-        pool.frames[Int(frame)].length = UInt16(length)
+        let record = pool.frames + Int(frame)
+        if record.pointee.length == 0 { pool.lists[Int(record.pointee.owner)].unsetLengths -= 1 }
+        record.pointee.length = UInt16(length)
     }
 }

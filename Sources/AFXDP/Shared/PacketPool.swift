@@ -34,6 +34,11 @@ struct ListRecord {
     @usableFromInline var placeCursor: UInt32
     /// Send side: frames placed in the TX ring whose completion has not come back.
     @usableFromInline var outstanding: UInt32
+    /// Send side: bytes of the frames placed so far (counted while placing).
+    @usableFromInline var placedBytes: UInt32
+    /// Packets whose length has not been set yet: a list is sendable at 0.
+    /// Kept by `Packet.setLength`, so that `send` checks in O(1).
+    @usableFromInline var unsetLengths: UInt32
     @usableFromInline var status: SendStatus
     @usableFromInline var priority: UInt8
     /// Send side: whether the list is already in the in-flight FIFO.
@@ -111,8 +116,8 @@ public final class PacketPool: @unchecked Sendable {
 
     // MARK: Shared region: guarded by sharedLock
     let sharedLock = PThreadLock()
-    private var sendFreeFrames: IndexStack
-    private var sendFreeLists: IndexStack
+    @exclusivity(unchecked) private var sendFreeFrames: IndexStack
+    @exclusivity(unchecked) private var sendFreeLists: IndexStack
 
     /// The largest packet a send frame holds.
     public var maximumSendLength: Int { frameSize - sendHeadroom }
@@ -133,7 +138,7 @@ public final class PacketPool: @unchecked Sendable {
         lists.initialize(
             repeating: ListRecord(
                 head: noSlot, tail: noSlot, count: 0, next: noSlot, placeCursor: noSlot, outstanding: 0,
-                status: .pending, priority: 0, inFlight: false, lowResources: false),
+                placedBytes: 0, unsetLengths: 0, status: .pending, priority: 0, inFlight: false, lowResources: false),
             count: listCount)
         listWords = .allocate(capacity: listCount)
         listWords.initialize(repeating: .init(0), count: listCount)
@@ -223,6 +228,7 @@ public final class PacketPool: @unchecked Sendable {
             }
             lists[Int(slot)].tail = previous
             lists[Int(slot)].count = UInt32(packetCount)
+            lists[Int(slot)].unsetLengths = UInt32(packetCount)
             return slot
         }
         guard let slot else { return nil }

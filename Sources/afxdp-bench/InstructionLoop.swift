@@ -1,0 +1,96 @@
+// A fixed amount of work, one thread, no clock: the loop that
+// `valgrind --tool=callgrind --toggle-collect='*InstructionLoop*run*'` counts,
+// so that instructions per packet compare run to run and build to build.
+// Wall-clock figures on these shared machines do not.
+
+import AFXDP
+import AFXDPTestbed
+import ArgumentParser
+import Glibc
+
+struct CountInstructions: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "instruction-loop",
+        abstract: "Moves a fixed number of frames A->B on one thread, for callgrind (scripts/perf-check).",
+        shouldDisplay: false)
+
+    @Option(help: "Frames to move.") var packets = 200_000
+    @Option(help: "Packets per list.") var batch = 64
+    @Option(help: "Frame length in bytes.") var frameSize = 64
+
+    func run() throws {
+        let bed = try VethTestbed.create(prefix: "afxbench")
+        defer { bed.destroy() }
+        let result = try InstructionLoop.run(bed: bed, packets: packets, batch: batch, frameLength: frameSize)
+        print("instruction-loop: \(result.received) of \(result.sent) frames received, \(result.corrupted) corrupted, \(result.outOfOrder) out of order")
+        if result.received != result.sent || result.corrupted != 0 || result.outOfOrder != 0 { throw ExitCode(1) }
+    }
+}
+
+/// Only touched by the one thread running the loop.
+final class LoopState: @unchecked Sendable {
+    // @unchecked: the loop, both ports' handlers and the completions run on one thread.
+    var sent = 0
+    var received = 0
+    var corrupted = 0
+    var outOfOrder = 0
+    var next: UInt64 = 0
+    var free: [PacketList] = []
+}
+
+enum InstructionLoop {
+    static func run(bed: VethTestbed, packets: Int, batch: Int, frameLength: Int) throws -> LoopState {
+        let state = LoopState()
+        state.free.reserveCapacity(4096)
+        var a = PortConfiguration(interface: bed.interfaceA, networkNamespace: bed.namespaceA)
+        a.etherTypeFilter = TestFrame.etherType
+        var b = PortConfiguration(interface: bed.interfaceB, networkNamespace: bed.namespaceB)
+        b.etherTypeFilter = TestFrame.etherType
+        let sender = try Port.open(a, onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: { completed in
+            for list in completed { state.free.append(list) }
+        })
+        defer { sender.close() }
+        let receiver = try Port.open(b, onReceive: { indication in
+            for packet in indication.list.packets {
+                guard let parsed = TestFrame.parse(UnsafeRawBufferPointer(packet.bytes)) else { state.corrupted += 1; continue }
+                if !parsed.intact { state.corrupted += 1 }
+                if parsed.sequence != state.next { state.outOfOrder += 1 }
+                state.next = parsed.sequence &+ 1
+                state.received += 1
+            }
+            try? indication.port.returnList(indication.list)
+        }, onSendComplete: { _ in })
+        defer { receiver.close() }
+        for _ in 0..<(256 / batch + 1) {
+            guard let list = sender.allocateList(packetCount: batch) else { break }
+            state.free.append(list)
+        }
+        try loop(sender: sender, receiver: receiver, state: state, packets: packets, frameLength: frameLength, bed: bed)
+        return state
+    }
+
+    /// The measured part.
+    @inline(never)
+    static func loop(sender: Port, receiver: Port, state: LoopState, packets: Int, frameLength: Int, bed: VethTestbed) throws {
+        var sent = 0
+        var idle = 0
+        defer { state.sent = sent }
+        while state.received < packets {
+            // At most 256 frames in flight: veth's queue for an XDP peer, so nothing is lost.
+            while sent < packets, sent - state.received < 256, let list = state.free.popLast() {
+                for packet in list.packets {
+                    TestFrame.write(
+                        into: packet.buffer, length: frameLength, sequence: UInt64(sent), source: bed.macAddressA,
+                        destination: bed.macAddressB)
+                    try packet.setLength(frameLength)
+                    sent += 1
+                }
+                try sender.send(list)
+            }
+            let senderMoved = sender.poll()
+            let moved = receiver.poll() || senderMoved
+            idle = moved ? 0 : idle + 1
+            if idle > 1_000_000 { throw ValidationError("no progress: sent \(sent), received \(state.received)") }
+        }
+    }
+}
