@@ -124,6 +124,11 @@ struct BenchOptions: ParsableArguments {
     @Option(name: .customLong("peer-namespace"), help: "Network namespace of --peer.")
     var peerNamespace: String?
 
+    @Option(help: ArgumentHelp(
+        "After the run, draw packets/s over time into this .svg file; "
+            + "a .png name also writes the .svg and needs rsvg-convert (librsvg2-bin) or ImageMagick.", valueName: "file"))
+    var plot: String?
+
     @Option(help: "Watchdog: stop and clean up after this many seconds in all (default: --seconds + 30).")
     var timeout: Double?
 
@@ -176,6 +181,7 @@ struct BenchOptions: ParsableArguments {
         if interface == nil, namespace != nil || peerNamespace != nil {
             throw ValidationError("--namespace and --peer-namespace apply only with --interface and --peer")
         }
+        if let plot, let problem = Plot.problem(with: plot) { throw ValidationError(problem) }
         for name in [interface, peer].compactMap({ $0 }) where name.isEmpty || name.utf8.count > 15 {
             throw ValidationError("interface name '\(name)' must be 1 to 15 characters")
         }
