@@ -94,7 +94,7 @@ enum Benchmark {
     }
 
     /// An interface that already exists: its MAC address from `ip -o link`.
-    private static func existingEndpoint(_ name: String, _ interface: String, _ namespace: String?, _ cpu: Int?) throws -> Endpoint {
+    static func existingEndpoint(_ name: String, _ interface: String, _ namespace: String?, _ cpu: Int?) throws -> Endpoint {
         let command = ["ip"] + (namespace.map { ["-n", $0] } ?? []) + ["-o", "link", "show", "dev", interface]
         let line: String
         do {

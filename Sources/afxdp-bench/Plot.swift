@@ -1,7 +1,7 @@
 // --plot: charts written as hand-made SVG: a run's per-second rates over
-// time. A name ending in .png also gets the SVG (beside it, same name)
-// converted by rsvg-convert (librsvg2-bin) or ImageMagick's convert,
-// whichever is installed.
+// time, a sweep's rates by frame size. A name ending in .png also gets the
+// SVG (beside it, same name) converted by rsvg-convert (librsvg2-bin) or
+// ImageMagick's convert, whichever is installed.
 
 import AFXDPTestbed
 import Foundation
@@ -84,6 +84,58 @@ enum Plot {
             panels: [.init(yLabel: "packets/s (Mpps)", series: series)],
             legend: legend,
             note: series.allSatisfy { $0.points.isEmpty } ? "no per-second sample: the run was shorter than 0.5 s" : nil)
+        return chart.svg()
+    }
+
+    /// A sweep's rates by frame size: Mpps above, Gbit/s below.
+    static func sweepChart(_ sweep: SweepReport) -> String {
+        let sizes = sweep.runs.map(\.frameSize)
+        let overhead = sweep.gbpsIncludesPreambleAndGap ? 20.0 : 0
+        var names: [String] = []
+        for run in sweep.runs {
+            for direction in run.directions where !names.contains(direction.name) { names.append(direction.name) }
+        }
+        var mpps: [LineChart.Series] = []
+        var gbps: [LineChart.Series] = []
+        var legend: [LineChart.LegendEntry] = []
+        for (index, name) in names.enumerated() {
+            let color = palette[index % palette.count]
+            var sentMpps: [(x: Double, y: Double)] = []
+            var receivedMpps: [(x: Double, y: Double)] = []
+            var sentGbps: [(x: Double, y: Double)] = []
+            var receivedGbps: [(x: Double, y: Double)] = []
+            for (position, run) in sweep.runs.enumerated() {
+                guard let direction = run.directions.first(where: { $0.name == name }) else { continue }
+                let x = Double(position)
+                sentMpps.append((x, direction.txMpps))
+                receivedMpps.append((x, direction.mpps))
+                sentGbps.append((x, direction.txMpps * (Double(run.frameSize) + overhead) * 8 / 1000))
+                receivedGbps.append((x, direction.gbps))
+            }
+            mpps.append(.init(color: color, dashed: true, points: sentMpps))
+            mpps.append(.init(color: color, dashed: false, points: receivedMpps, labelValues: true))
+            gbps.append(.init(color: color, dashed: true, points: sentGbps))
+            gbps.append(.init(color: color, dashed: false, points: receivedGbps, labelValues: true))
+            legend.append(.init(label: "\(arrows(name)) received", color: color, dashed: false))
+            legend.append(.init(label: "\(arrows(name)) sent", color: color, dashed: true))
+        }
+        let bytes = sweep.gbpsIncludesPreambleAndGap ? "frame + 20 bytes" : "frame bytes"
+        var subtitle = "\(Report.fmt(sweep.secondsPerSize, 1)) s per size"
+        if let first = sweep.runs.first { subtitle += " · " + describe(first, withSeconds: false) }
+        if let reason = sweep.stoppedEarlyBy { subtitle += " · stopped early by \(reason)" }
+        let chart = LineChart(
+            title: "afxdp-bench sweep · \(sweep.mode) · \(dateText())",
+            subtitle: subtitle,
+            xLabel: "frame size (bytes, without FCS)",
+            xRange: -0.5...(Double(max(sizes.count, 1)) - 0.5),
+            xTicks: sizes.enumerated().map { (Double($0.offset), String($0.element)) },
+            panels: [
+                .init(yLabel: "packets/s (Mpps)", series: mpps),
+                .init(yLabel: "throughput (Gbit/s, \(bytes))", series: gbps),
+            ],
+            legend: legend,
+            panelHeight: 300,
+            note: sizes.isEmpty ? "no frame size finished" : nil)
         return chart.svg()
     }
 
