@@ -21,7 +21,7 @@ struct AFXDPBench: ParsableCommand {
             end's thread serves both of its ports. Loss is what was sent (completed) \
             and never arrived; bound it with --window for a lossless run.
             """,
-        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, CountInstructions.self],
+        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Sweep.self, CountInstructions.self],
         defaultSubcommand: Duplex.self)
 
     struct Duplex: ParsableCommand {
@@ -64,8 +64,15 @@ enum Mode: String, Sendable {
 }
 
 struct BenchOptions: ParsableArguments {
-    @Option(help: "How long to send, in seconds.")
-    var seconds: Double = 10
+    @Option(
+        name: .customLong("seconds"),
+        help: ArgumentHelp("How long to send, in seconds (default: 10; sweep: 3 per size).", valueName: "seconds"))
+    var secondsOption: Double?
+    /// --seconds, or the default of the single-run modes (sweep sets its own).
+    var seconds: Double {
+        get { secondsOption ?? 10 }
+        set { secondsOption = newValue }
+    }
 
     @Option(name: .customLong("frame-size"), help: "Ethernet frame length in bytes, without FCS (64...1514).")
     var frameSize: Int = 64
@@ -124,6 +131,11 @@ struct BenchOptions: ParsableArguments {
     @Option(name: .customLong("peer-namespace"), help: "Network namespace of --peer.")
     var peerNamespace: String?
 
+    @Option(help: ArgumentHelp(
+        "After the run, draw packets/s over time (sweep: by frame size) into this .svg file; "
+            + "a .png name also writes the .svg and needs rsvg-convert (librsvg2-bin) or ImageMagick.", valueName: "file"))
+    var plot: String?
+
     @Option(help: "Watchdog: stop and clean up after this many seconds in all (default: --seconds + 30).")
     var timeout: Double?
 
@@ -176,6 +188,7 @@ struct BenchOptions: ParsableArguments {
         if interface == nil, namespace != nil || peerNamespace != nil {
             throw ValidationError("--namespace and --peer-namespace apply only with --interface and --peer")
         }
+        if let plot, let problem = Plot.problem(with: plot) { throw ValidationError(problem) }
         for name in [interface, peer].compactMap({ $0 }) where name.isEmpty || name.utf8.count > 15 {
             throw ValidationError("interface name '\(name)' must be 1 to 15 characters")
         }

@@ -77,10 +77,12 @@ enum Benchmark {
         testbed?.destroy()
 
         Report.printSummary(report, options: options)
+        let plotted = options.plot.map { Plot.write(Plot.timelineChart(session.timeline, report: report), to: $0) } ?? true
         if options.json { print(Report.json(report)) }
         let reason = stopRequest.load(ordering: .relaxed)
         if !report.errors.isEmpty { throw ExitCode(2) }
         if reason != 0 { throw ExitCode(exitStatus(for: reason)) }
+        if !plotted { throw ExitCode.failure }
     }
 
     static func exitStatus(for reason: Int32) -> Int32 {
@@ -92,7 +94,7 @@ enum Benchmark {
     }
 
     /// An interface that already exists: its MAC address from `ip -o link`.
-    private static func existingEndpoint(_ name: String, _ interface: String, _ namespace: String?, _ cpu: Int?) throws -> Endpoint {
+    static func existingEndpoint(_ name: String, _ interface: String, _ namespace: String?, _ cpu: Int?) throws -> Endpoint {
         let command = ["ip"] + (namespace.map { ["-n", $0] } ?? []) + ["-o", "link", "show", "dev", interface]
         let line: String
         do {
@@ -118,6 +120,8 @@ final class Session {
     /// ports[end][queue]
     private(set) var ports: [[Port]] = [[], []]
     private let control = RunControl()
+    /// The per-second rates, for --plot.
+    private(set) var timeline = Timeline()
     private var closed = false
 
     init(mode: Mode, options: BenchOptions, endpoints: [Endpoint]) {
@@ -263,6 +267,7 @@ final class Session {
         }
 
         Report.printHeader(self)
+        timeline = Timeline(names: directions.map(\.name), seconds: seconds)
         var previous = sample()
         let start = monotonicNanoseconds()
         control.phase.store(RunControl.running, ordering: .releasing)
@@ -274,13 +279,16 @@ final class Session {
             if now >= end {
                 // The last interval, unless it is only a sliver.
                 if now - previousTick >= 500_000_000 {
-                    Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: sample())
+                    let current = sample()
+                    Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
+                    timeline.record(elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
                 }
                 break
             }
             if now >= nextTick {
                 let current = sample()
                 Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
+                timeline.record(elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
                 previous = current
                 previousTick = now
                 nextTick += 1_000_000_000

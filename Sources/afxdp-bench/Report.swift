@@ -231,7 +231,7 @@ enum Report {
 
     // MARK: Formatting
 
-    private static func printTable(_ columns: [String], _ rows: [[String]]) {
+    static func printTable(_ columns: [String], _ rows: [[String]]) {
         var widths = columns.map(\.count)
         for row in rows {
             for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) }
