@@ -21,7 +21,7 @@ struct AFXDPBench: ParsableCommand {
             end's thread serves both of its ports. Loss is what was sent (completed) \
             and never arrived; bound it with --window for a lossless run.
             """,
-        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Sweep.self, CountInstructions.self],
+        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Sweep.self, Compare.self, CountInstructions.self],
         defaultSubcommand: Duplex.self)
 
     struct Duplex: ParsableCommand {

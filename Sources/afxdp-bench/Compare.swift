@@ -1,0 +1,122 @@
+// afxdp-bench compare: the engine against the C reference (afxdp-ref), the
+// bare libxdp ring loop doing the same work, alternately on one veth
+// testbed, several rounds in one run. Each figure is printed as a ratio
+// engine / reference with its spread across rounds: on these shared, noisy
+// machines only ratios inside one run mean anything.
+
+import AFXDP
+import AFXDPTestbed
+import ArgumentParser
+import Foundation
+
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Runs the engine and the C reference (afxdp-ref) alternately and prints engine / reference ratios.")
+
+    @Option(help: "duplex, tx-only, rx-drop or l2fwd.") var mode = "duplex"
+    @Option(help: "Rounds; each runs the engine once and the reference once.") var rounds = 3
+    @Option(help: "Seconds per run.") var seconds = 5
+    @Option(name: .customLong("frame-size"), help: "Frame length in bytes (64...1514).") var frameSize = 64
+    @Option(help: "Packets per list (engine) and per burst (reference).") var batch = 64
+    @Option(name: .customLong("ring-size"), help: "All four rings, a power of two.") var ringSize = 2048
+    @Option(help: "The reference binary; default: afxdp-ref beside this binary.") var reference: String?
+    @Flag(help: "Print every figure as one JSON object on the last line.") var json = false
+
+    func validate() throws {
+        guard ["duplex", "tx-only", "rx-drop", "l2fwd"].contains(mode) else {
+            throw ValidationError("--mode must be duplex, tx-only, rx-drop or l2fwd")
+        }
+        guard rounds >= 1, rounds <= 50 else { throw ValidationError("--rounds must be 1...50") }
+        guard seconds >= 1, seconds <= 600 else { throw ValidationError("--seconds must be 1...600") }
+        guard (64...1514).contains(frameSize) else { throw ValidationError("--frame-size must be 64...1514") }
+        guard ringSize >= 64, ringSize & (ringSize - 1) == 0 else {
+            throw ValidationError("--ring-size must be a power of two, at least 64")
+        }
+    }
+
+    func run() throws {
+        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        let engine = me.path
+        let referencePath = reference ?? me.deletingLastPathComponent().appendingPathComponent("afxdp-ref").path
+        guard FileManager.default.isExecutableFile(atPath: referencePath) else {
+            throw ValidationError(
+                "no reference binary at \(referencePath); build it with `swift build -c release --product afxdp-ref` or pass --reference")
+        }
+        // The reference loads the very program the engine embeds.
+        let object = FileManager.default.temporaryDirectory.appendingPathComponent("afxdp-compare-\(getpid()).bpf.o")
+        try Data(XDPProgramObject.bytes()).write(to: object)
+        defer { try? FileManager.default.removeItem(at: object) }
+
+        let bed = try VethTestbed.create(prefix: "afxbench")
+        defer { bed.destroy() }
+        let common = ["--seconds", "\(seconds)", "--frame-size", "\(frameSize)", "--batch", "\(batch)", "--ring-size", "\(ringSize)", "--json"]
+        let engineArguments = [engine, mode, "--interface", bed.interfaceA, "--namespace", bed.namespaceA,
+                               "--peer", bed.interfaceB, "--peer-namespace", bed.namespaceB] + common
+        let referenceArguments = [referencePath, mode, "--interface-a", bed.interfaceA, "--namespace-a", bed.namespaceA,
+                                  "--interface-b", bed.interfaceB, "--namespace-b", bed.namespaceB,
+                                  "--xdp-object", object.path] + common
+
+        print("compare: \(mode), \(frameSize)-byte frames, \(seconds) s per run, \(rounds) rounds, engine and reference alternating")
+        var samples: [String: [(engine: Double, reference: Double)]] = [:]
+        var order: [String] = []
+        for round in 1...rounds {
+            // Alternate who goes first, so neither always runs on a warmer machine.
+            let runs = round % 2 == 1 ? [("engine", engineArguments), ("reference", referenceArguments)]
+                                      : [("reference", referenceArguments), ("engine", engineArguments)]
+            var figures: [String: [String: Double]] = [:]
+            for (who, arguments) in runs {
+                let output = try runCommand(arguments)
+                guard let last = output.split(separator: "\n").last,
+                      let report = try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any],
+                      let directions = report["directions"] as? [[String: Any]]
+                else { throw ValidationError("\(who) printed no JSON report:\n\(output)") }
+                var byMetric: [String: Double] = [:]
+                var total = 0.0
+                for direction in directions {
+                    let name = direction["name"] as? String ?? "?"
+                    let mpps = (direction["mpps"] as? NSNumber)?.doubleValue ?? 0
+                    byMetric["\(name) Mpps"] = mpps
+                    total += mpps
+                    if let latency = direction["latencyMicroseconds"] as? [String: Any],
+                       let p50 = (latency["p50"] as? NSNumber)?.doubleValue {
+                        byMetric["\(name) p50 µs"] = p50
+                    }
+                }
+                if directions.count > 1 { byMetric["total Mpps"] = total }
+                figures[who] = byMetric
+                print("  round \(round) \(who.padding(toLength: 9, withPad: " ", startingAt: 0)) "
+                      + byMetric.keys.sorted().map { "\($0) \(String(format: "%.3f", byMetric[$0]!))" }.joined(separator: "  "))
+            }
+            for (metric, value) in figures["engine"] ?? [:] {
+                guard let referenceValue = figures["reference"]?[metric] else { continue }
+                if samples[metric] == nil { order.append(metric) }
+                samples[metric, default: []].append((value, referenceValue))
+            }
+        }
+
+        print("\nmetric               engine (median)  reference (median)  engine/reference  spread (min...max)")
+        var rows: [[String: Any]] = []
+        for metric in order.sorted() {
+            let pairs = samples[metric]!
+            let ratios = pairs.map { $0.reference > 0 ? $0.engine / $0.reference : 0 }.sorted()
+            let engineMedian = median(pairs.map(\.engine)), referenceMedian = median(pairs.map(\.reference))
+            let ratio = median(ratios)
+            print(metric.padding(toLength: 20, withPad: " ", startingAt: 0)
+                  + String(format: " %16.3f  %18.3f  %16.3f  %.3f...%.3f", engineMedian, referenceMedian, ratio, ratios.first!, ratios.last!))
+            rows.append(["metric": metric, "engine": engineMedian, "reference": referenceMedian,
+                         "ratio": ratio, "ratioMin": ratios.first!, "ratioMax": ratios.last!])
+        }
+        print("(Mpps: higher is better; latency: lower is better. Ratios are per round, then the median.)")
+        if json {
+            let report: [String: Any] = ["tool": "afxdp-bench compare", "mode": mode, "rounds": rounds, "seconds": seconds,
+                                         "frameSize": frameSize, "batch": batch, "ringSize": ringSize, "metrics": rows]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys]), as: UTF8.self))
+        }
+    }
+
+    private func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return 0 }
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+}
