@@ -62,7 +62,11 @@ static inline int kick(struct loop *loop)
 	if (sendto(loop->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
 		return 0;
 	int error = errno;
-	if (error == EAGAIN || error == ENOBUFS || error == EBUSY || error == ENETDOWN || error == EINTR) {
+	if (error == EAGAIN) {
+		loop->stats->kick_again++; // sent its budget; the rest goes on a later kick
+		return 0;
+	}
+	if (error == ENOBUFS || error == EBUSY || error == ENETDOWN || error == EINTR) {
 		loop->stats->kick_busy++; // the kernel is busy: try again on a later pass
 		return 0;
 	}

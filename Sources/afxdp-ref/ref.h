@@ -146,7 +146,8 @@ struct ref_port {
 // Loop counters of one end (owned by its thread).
 struct ref_loop_stats {
 	uint64_t kicks;
-	uint64_t kick_busy;   // EAGAIN / ENOBUFS / EBUSY / ENETDOWN: try later
+	uint64_t kick_again;  // EAGAIN: the kernel's budget per kick (32 in copy mode) ran out, more to send
+	uint64_t kick_busy;   // ENOBUFS / EBUSY / ENETDOWN: try later
 	uint64_t rx_wakeups;  // recvfrom on an empty RX ring
 	uint64_t fill_full;   // RX descriptors put back: no room in the fill ring
 	uint64_t iterations;

@@ -189,12 +189,13 @@ static void print_json(const struct ref_options *options, struct ref_direction *
 		const struct ref_port *port = &ends[i].port;
 		const struct ref_loop_stats *stats = &ends[i].stats;
 		printf("%s{\"end\":\"%s\",\"interface\":\"%s\",\"queue\":0,\"zeroCopy\":%s,\"nativeXDP\":%s,"
-		       "\"iterations\":%llu,\"kicks\":%llu,\"kickBusy\":%llu,\"rxWakeups\":%llu,\"fillFull\":%llu,"
+		       "\"iterations\":%llu,\"kicks\":%llu,\"kickAgain\":%llu,\"kickBusy\":%llu,\"rxWakeups\":%llu,\"fillFull\":%llu,"
 		       "\"socketReceiveDropped\":%llu,\"socketReceiveRingFull\":%llu,\"fillRingEmpty\":%llu,"
 		       "\"invalidDescriptors\":%llu,\"programRedirected\":%llu,\"programPassed\":%llu}",
 		       i ? "," : "", ends[i].name, options->interface[i], port->zero_copy ? "true" : "false",
 		       port->native ? "true" : "false", (unsigned long long)stats->iterations,
-		       (unsigned long long)stats->kicks, (unsigned long long)stats->kick_busy,
+		       (unsigned long long)stats->kicks, (unsigned long long)stats->kick_again,
+		       (unsigned long long)stats->kick_busy,
 		       (unsigned long long)stats->rx_wakeups, (unsigned long long)stats->fill_full,
 		       (unsigned long long)port->statistics.rx_dropped,
 		       (unsigned long long)port->statistics.rx_ring_full,
@@ -318,9 +319,10 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 
 	printf("\nper port:\n");
 	{
-		const char *header[] = { "port", "iterations", "kicks", "kick busy", "rx wakeups", "fill full",
-					 "sock drop", "rx full", "fill empty", "invalid", "xdp redir", "xdp pass" };
-		enum { COLUMNS = 12 };
+		const char *header[] = { "port", "iterations", "kicks", "kick again", "kick busy", "rx wakeups",
+					 "fill full", "sock drop", "rx full", "fill empty", "invalid", "xdp redir",
+					 "xdp pass" };
+		enum { COLUMNS = 13 };
 		char cells[2][COLUMNS][32];
 		int widths[COLUMNS];
 		for (int c = 0; c < COLUMNS; c++)
@@ -328,15 +330,15 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 		for (int i = 0; i < 2; i++) {
 			const struct ref_port *port = &ends[i].port;
 			const struct ref_loop_stats *stats = &ends[i].stats;
-			uint64_t values[11] = {
-				stats->iterations, stats->kicks, stats->kick_busy, stats->rx_wakeups, stats->fill_full,
+			uint64_t values[12] = {
+				stats->iterations, stats->kicks, stats->kick_again, stats->kick_busy, stats->rx_wakeups, stats->fill_full,
 				port->statistics.rx_dropped, port->statistics.rx_ring_full,
 				port->statistics.rx_fill_ring_empty_descs,
 				port->statistics.rx_invalid_descs + port->statistics.tx_invalid_descs,
 				port->program_redirected, port->program_passed,
 			};
 			snprintf(cells[i][0], 32, "%s0", ends[i].name);
-			for (int v = 0; v < 11; v++)
+			for (int v = 0; v < 12; v++)
 				snprintf(cells[i][1 + v], 32, "%llu", (unsigned long long)values[v]);
 			for (int c = 0; c < COLUMNS; c++)
 				if ((int)strlen(cells[i][c]) > widths[c])
