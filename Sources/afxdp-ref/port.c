@@ -191,9 +191,15 @@ static int attach_program(struct ref_end *end)
 	pthread_mutex_lock(&program_load_lock);
 	int error = cafxdp_program_load(end->object_bytes, end->object_size, &port->program, log, sizeof(log));
 	pthread_mutex_unlock(&program_load_lock);
-	if (error)
-		return fail(end, "cannot load the XDP program from %s: %s%s%s", end->options->xdp_object,
-			    strerror(-error), log[0] ? "\nlibbpf: " : "", log);
+	if (error) {
+		char reason[128];
+		libbpf_strerror(error, reason, sizeof(reason)); // knows libbpf's own codes (4000+) too
+		size_t length = strlen(log);
+		while (length > 0 && log[length - 1] == '\n')
+			log[--length] = '\0';
+		return fail(end, "cannot load the XDP program from %s: %s%s%s", end->options->xdp_object, reason,
+			    length ? "\n" : "", log);
+	}
 
 	uint32_t existing = 0;
 	if (bpf_xdp_query_id(port->ifindex, 0, &existing) == 0 && existing != 0)
