@@ -403,7 +403,6 @@ int main(int argc, char **argv)
 		ends[i].index = i;
 		ends[i].name = i ? "B" : "A";
 		ends[i].options = &options;
-		ends[i].peer = &ends[1 - i];
 		ends[i].object_bytes = object;
 		ends[i].object_size = object_size;
 		atomic_init(&ends[i].port.fd, -1);

@@ -159,7 +159,6 @@ struct ref_end {
 	int index;  // 0: A, 1: B
 	const char *name;
 	const struct ref_options *options;
-	struct ref_end *peer;
 	struct ref_direction *sending;    // the direction whose frames this end generates
 	struct ref_direction *receiving;  // the direction whose frames this end checks / drops
 	struct ref_direction *forwarding; // l2fwd: the direction this end sends back

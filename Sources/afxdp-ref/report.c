@@ -4,6 +4,7 @@
 #include "ref.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -145,6 +146,8 @@ static const char *stop_reason_text(int reason, char *buffer, size_t size)
 	case 0: return NULL;
 	case REF_STOP_WATCHDOG: return "the watchdog";
 	case REF_STOP_FAILURE: return "an error in a traffic thread";
+	case SIGINT: return "SIGINT";
+	case SIGTERM: return "SIGTERM";
 	default: snprintf(buffer, size, "signal %d", reason); return buffer;
 	}
 }
@@ -315,6 +318,10 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 			printf("%s: sequence gaps %llu\n", directions[i].name, (unsigned long long)r->gaps);
 		if (r->foreign)
 			printf("%s: not test frames: %llu\n", directions[i].name, (unsigned long long)r->foreign);
+		uint64_t in_flight = directions[i].sender.submitted - directions[i].sender.completed;
+		if (in_flight)
+			printf("%s: %llu frames sent but not completed when the threads stopped (not counted as sent)\n",
+			       directions[i].name, (unsigned long long)in_flight);
 	}
 
 	printf("\nper port:\n");
