@@ -6,6 +6,7 @@
 //   AFXDP        the engine (Send/, Receive/, Shared/): the deserialized miniport
 //   AFXDPTestbed network namespaces and veth pairs for tests and the benchmark tool
 //   afxdp-bench  the command-line benchmark
+//   afxdp-ref    the reference: the bare libxdp ring loop in C, for comparison
 import PackageDescription
 
 let package = Package(
@@ -15,6 +16,7 @@ let package = Package(
         .library(name: "AFXDPRings", targets: ["AFXDPRings"]),
         .library(name: "AFXDPTestbed", targets: ["AFXDPTestbed"]),
         .executable(name: "afxdp-bench", targets: ["afxdp-bench"]),
+        .executable(name: "afxdp-ref", targets: ["afxdp-ref"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -53,6 +55,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
+        ),
+        // The reference: the bare libxdp ring loop in C, no engine, that
+        // afxdp-bench's figures are compared against.
+        .executableTarget(
+            name: "afxdp-ref",
+            dependencies: ["CAFXDP"],
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("m")]
         ),
         .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings"]),
         // Test-only C: dropping a thread's capabilities to test the privilege errors.
