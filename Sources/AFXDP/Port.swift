@@ -286,6 +286,7 @@ public final class Port: @unchecked Sendable {
     /// Stops sending: queued lists and lists sent from now on complete with
     /// `.paused`; what the kernel already has completes as usual. Returns
     /// once nothing is in flight (or after `timeout`). Receive goes on.
+    /// Not from inside a handler: the handler's side is owned by its caller.
     public func pause(timeout: Duration = .seconds(2)) {
         let changed = sharedLock.withLock { () -> Bool in
             guard currentState == .running else { return false }
@@ -310,6 +311,8 @@ public final class Port: @unchecked Sendable {
         let deadline = clock.now.advanced(by: timeout)
         while true {
             let busy = sendDoorbell.ownership.withOwnership { () -> Bool in
+                // A close that ran meanwhile took the rings: nothing left to drive.
+                guard currentState != .closed else { return false }
                 sendContext.service(mailbox: sendDoorbell.mailbox, admit: status)
                 return sendContext.hasWork
             }
@@ -322,7 +325,8 @@ public final class Port: @unchecked Sendable {
     /// `.success` if the kernel sent it in time, else `.closing`), the XDP
     /// program is detached (when the last port on the interface closes), and
     /// every frame the caller does not hold is back in the pool. Lists the
-    /// caller still holds may be returned afterwards. Idempotent.
+    /// caller still holds may be returned afterwards. Idempotent. Not from
+    /// inside a handler (the handler's side is owned by its caller).
     public func close(timeout: Duration = .seconds(1)) {
         let proceed = sharedLock.withLock { () -> Bool in
             guard currentState.rawValue < PortState.closing.rawValue else { return false }

@@ -163,3 +163,51 @@ extension Array {
         return (yes, no)
     }
 }
+
+extension ConcurrencyTests {
+    @Test("pause, restart, close and poll racing each other while a thread sends: nothing crashes, every list completes once")
+    func lifecycleRaces() throws {
+        try VethTestbed.withVethTestbed { bed in
+            for _ in 0..<5 {
+                let completions = CompletionChecker()
+                let a = try openPort(bed, end: "a", onSendComplete: completions.handle)
+                let b = try openPort(bed, end: "b")
+                let accepted = ManagedAtomic<Int>(0)
+                let kept = TestLock<[PacketList]>([])
+                runThreads(4) { index in
+                    switch index {
+                    case 0:
+                        var number: UInt64 = 0
+                        while a.currentState != .closed {
+                            let reuse = completions.state.withLock { $0.free.popLast() }
+                            guard let list = reuse ?? a.allocateList(packetCount: 2) else { a.poll(); continue }
+                            do {
+                                try fill(list, stream: 0, firstSequence: 2 * number, length: 64, from: bed.macAddressA, to: bed.macAddressB)
+                                CompletionChecker.tag(list, stream: 0, number: number)
+                                try a.send(list)
+                                number += 1
+                                accepted.wrappingIncrement(ordering: .relaxed)
+                            } catch {
+                                kept.withLock { $0.append(list) }
+                                return
+                            }
+                        }
+                    case 1:
+                        for _ in 0..<20 { a.pause(timeout: .milliseconds(5)); a.restart() }
+                    case 2:
+                        for _ in 0..<2_000 { a.poll(); b.poll() }
+                    default:
+                        usleep(10_000)
+                        a.close()
+                    }
+                }
+                let state = completions.state.withLock { $0 }
+                #expect(state.completed == accepted.load(ordering: .relaxed))
+                #expect(state.outOfOrder == 0)
+                for list in completions.takeFree() + kept.withLock({ $0 }) { try a.returnList(list) }
+                #expect(a.poolStatus.allFramesHome, "\(a.poolStatus)")
+                b.close()
+            }
+        }
+    }
+}

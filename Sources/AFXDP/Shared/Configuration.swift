@@ -60,6 +60,7 @@ public struct PortConfiguration: Sendable {
 
     /// Run a thread of the port's own that polls both directions, so that
     /// completions and indications arrive without the caller calling `poll`.
+    /// The thread keeps the port alive until `close()`: call it.
     public var ownThread = false
 
     public init(interface: String, queue: UInt32 = 0, networkNamespace: String? = nil) {
