@@ -52,9 +52,9 @@ public final class Port: @unchecked Sendable {
     private let receiveDoorbell = RegionDoorbell()
     private let receiveContext: ReceiveContext
 
-    // MARK: Shared region: `sharedLock` guards the socket, the program and state changes
+    // MARK: Shared region: `sharedLock` guards the device, the program and state changes
     private let sharedLock = PThreadLock()
-    private let socket: XDPSocket
+    private let device: Device
     private var program: XDPProgram?
     /// Read lock-free by every call; written under `sharedLock`.
     private let stateStorage = UnsafeMutablePointer<UInt8.AtomicRepresentation>.allocate(capacity: 64)
@@ -62,6 +62,33 @@ public final class Port: @unchecked Sendable {
     private var serviceThread: pthread_t?
     /// Frozen at close, since the socket goes away.
     private var finalKernelStatistics: KernelSocketStatistics?
+
+    /// What plays the NIC: a real AF_XDP socket, or a kernel simulated in memory.
+    private enum Device {
+        case socket(XDPSocket)
+        case simulated(SimulatedKernel)
+
+        var fd: Int32 {
+            switch self {
+            case .socket(let socket): return socket.fd
+            case .simulated: return -1
+            }
+        }
+
+        var rings: (fill: RingMemory, completion: RingMemory, rx: RingMemory, tx: RingMemory) {
+            switch self {
+            case .socket(let socket): return (socket.fill, socket.completion, socket.rx, socket.tx)
+            case .simulated(let kernel): return (kernel.fill.memory, kernel.completion.memory, kernel.rx.memory, kernel.tx.memory)
+            }
+        }
+
+        func statistics() -> KernelSocketStatistics {
+            switch self {
+            case .socket(let socket): return socket.statistics()
+            case .simulated(let kernel): return kernel.statistics
+            }
+        }
+    }
 
     /// Opens a port.
     ///
@@ -78,66 +105,97 @@ public final class Port: @unchecked Sendable {
     ) throws(AFXDPError) -> Port {
         try configuration.validate()
         return try NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) -> Port in
-            try Port(configuration: configuration, onReceive: onReceive, onSendComplete: onSendComplete)
+            let ifindex = Int32(bitPattern: if_nametoindex(configuration.interface))
+            guard ifindex != 0 else {
+                throw .interfaceNotFound(interface: configuration.interface, namespace: configuration.networkNamespace)
+            }
+            let area = try UMEMArea(size: configuration.umemFrameCount * configuration.frameSize)
+            let socket = try XDPSocket(configuration: configuration, area: area)
+            var notes: [String] = []
+            if configuration.zeroCopy == .preferred && !socket.zeroCopy {
+                notes.append("zero-copy is not supported on \(configuration.interface); running in copy mode")
+            }
+            let program: XDPProgram
+            do throws(AFXDPError) {
+                if let busyPoll = configuration.busyPoll {
+                    try SystemCalls.setSocketOption(socket.fd, 69 /* SO_PREFER_BUSY_POLL */, 1, name: "SO_PREFER_BUSY_POLL")
+                    try SystemCalls.setSocketOption(socket.fd, SO_BUSY_POLL, busyPoll.timeoutMicroseconds, name: "SO_BUSY_POLL")
+                    try SystemCalls.setSocketOption(socket.fd, 70 /* SO_BUSY_POLL_BUDGET */, busyPoll.budget, name: "SO_BUSY_POLL_BUDGET")
+                }
+                program = try XDPProgram.acquire(
+                    interface: configuration.interface, ifindex: ifindex, namespace: configuration.networkNamespace,
+                    mode: configuration.attachMode, etherTypeFilter: configuration.etherTypeFilter)
+                do throws(AFXDPError) {
+                    try program.bind(socketFD: socket.fd, queue: configuration.queue)
+                } catch {
+                    program.release()
+                    throw error
+                }
+            } catch {
+                socket.close()
+                throw error
+            }
+            if !program.attachedNatively && configuration.attachMode == .automatic {
+                notes.append("the driver of \(configuration.interface) has no native XDP; the program runs in generic mode")
+            }
+            return Port(
+                configuration: configuration, area: area, device: .socket(socket), program: program,
+                isZeroCopy: socket.zeroCopy, isAttachedNatively: program.attachedNatively, notes: notes,
+                onReceive: onReceive, onSendComplete: onSendComplete)
         }
     }
 
-    private init(
-        configuration: PortConfiguration,
+    /// Opens a port over a kernel simulated in memory: no interface, no
+    /// privileges, no system calls. The returned `SimulatedKernel` plays the
+    /// kernel's side of the four rings when asked (`transmit`, `deliver`), so
+    /// tests and benchmarks can drive every path of the engine, including
+    /// states a real kernel will not produce on demand (a stalled completion
+    /// ring, an empty fill ring). The configuration's interface, namespace,
+    /// zero-copy, busy-poll and attach options are ignored.
+    public static func openSimulated(
+        _ configuration: PortConfiguration,
+        loopback: Bool = false,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
-    ) throws(AFXDPError) {
+    ) throws(AFXDPError) -> (port: Port, kernel: SimulatedKernel) {
+        var configuration = configuration
+        // Nothing to wake: the simulated kernel never asks for a system call.
+        configuration.useNeedWakeup = true
+        configuration.ownThread = false
+        try configuration.validate()
+        let area = try UMEMArea(size: configuration.umemFrameCount * configuration.frameSize)
+        let kernel = SimulatedKernel(configuration: configuration, umem: area.base, loopback: loopback)
+        let port = Port(
+            configuration: configuration, area: area, device: .simulated(kernel), program: nil, isZeroCopy: false,
+            isAttachedNatively: false, notes: ["simulated: no interface; a SimulatedKernel plays the kernel"],
+            onReceive: onReceive, onSendComplete: onSendComplete)
+        return (port, kernel)
+    }
+
+    private init(
+        configuration: PortConfiguration, area: UMEMArea, device: Device, program: XDPProgram?,
+        isZeroCopy: Bool, isAttachedNatively: Bool, notes: [String],
+        onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
+        onSendComplete: @escaping @Sendable (SendCompletions) -> Void
+    ) {
         self.configuration = configuration
-        let ifindex = Int32(bitPattern: if_nametoindex(configuration.interface))
-        guard ifindex != 0 else {
-            throw .interfaceNotFound(interface: configuration.interface, namespace: configuration.networkNamespace)
-        }
-        let receiveFrames = configuration.resolvedReceiveFrameCount
-        let frameCount = receiveFrames + configuration.resolvedSendFrameCount
-        area = try UMEMArea(size: frameCount * configuration.frameSize)
-        pool = PacketPool(
-            umem: area.base, frameSize: configuration.frameSize, frameCount: frameCount,
-            receiveFrameCount: receiveFrames, sendHeadroom: 0)
-        socket = try XDPSocket(configuration: configuration, area: area)
-        var notes: [String] = []
-        if configuration.zeroCopy == .preferred && !socket.zeroCopy {
-            notes.append("zero-copy is not supported on \(configuration.interface); running in copy mode")
-        }
-        do {
-            if let busyPoll = configuration.busyPoll {
-                try SystemCalls.setSocketOption(socket.fd, 69 /* SO_PREFER_BUSY_POLL */, 1, name: "SO_PREFER_BUSY_POLL")
-                try SystemCalls.setSocketOption(socket.fd, SO_BUSY_POLL, busyPoll.timeoutMicroseconds, name: "SO_BUSY_POLL")
-                try SystemCalls.setSocketOption(socket.fd, 70 /* SO_BUSY_POLL_BUDGET */, busyPoll.budget, name: "SO_BUSY_POLL_BUDGET")
-            }
-            let program = try XDPProgram.acquire(
-                interface: configuration.interface, ifindex: ifindex, namespace: configuration.networkNamespace,
-                mode: configuration.attachMode, etherTypeFilter: configuration.etherTypeFilter)
-            self.program = program
-            do {
-                try program.bind(socketFD: socket.fd, queue: configuration.queue)
-            } catch {
-                program.release()
-                throw error
-            }
-        } catch let error as AFXDPError {
-            socket.close()
-            throw error
-        } catch {
-            fatalError("unreachable: \(error)")
-        }
-        isZeroCopy = socket.zeroCopy
-        isAttachedNatively = program!.attachedNatively
-        if !isAttachedNatively && configuration.attachMode == .automatic {
-            notes.append("the driver of \(configuration.interface) has no native XDP; the program runs in generic mode")
-        }
+        self.area = area
+        self.device = device
+        self.program = program
+        self.isZeroCopy = isZeroCopy
+        self.isAttachedNatively = isAttachedNatively
         self.notes = notes
+        pool = PacketPool(
+            umem: area.base, frameSize: configuration.frameSize, frameCount: configuration.umemFrameCount,
+            receiveFrameCount: configuration.resolvedReceiveFrameCount, sendHeadroom: 0)
         stateStorage.initialize(repeating: .init(PortState.running.rawValue), count: 64)
+        let rings = device.rings
         sendContext = SendContext(
-            pool: pool, tx: socket.tx, completion: socket.completion, socketFD: socket.fd,
+            pool: pool, tx: rings.tx, completion: rings.completion, socketFD: device.fd,
             kickOnlyWhenAsked: configuration.useNeedWakeup, batchSize: configuration.receiveBatchSize,
             onComplete: onSendComplete)
         receiveContext = ReceiveContext(
-            pool: pool, rx: socket.rx, fill: socket.fill, socketFD: socket.fd,
+            pool: pool, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
             batchSize: configuration.receiveBatchSize, onReceive: onReceive)
         receiveContext.port = self
         sendContext.port = self
@@ -275,7 +333,7 @@ public final class Port: @unchecked Sendable {
                 if sendDoorbell.ownership.withOwnership({ sendContext.hasWork }) {
                     usleep(20)
                 } else {
-                    SystemCalls.waitReadable(socket.fd, milliseconds: 1)
+                    SystemCalls.waitReadable(device.fd, milliseconds: 1)
                 }
             }
         }
@@ -342,13 +400,15 @@ public final class Port: @unchecked Sendable {
         sendDoorbell.ownership.acquire()
         receiveDoorbell.ownership.acquire()
         sharedLock.withLock {
-            finalKernelStatistics = socket.statistics()
+            finalKernelStatistics = device.statistics()
             let program = self.program
             self.program = nil
-            try? NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) in
-                program?.unbind(queue: configuration.queue)
-                socket.close()
-                program?.release()
+            if case .socket(let socket) = device {
+                try? NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) in
+                    program?.unbind(queue: configuration.queue)
+                    socket.close()
+                    program?.release()
+                }
             }
         }
         sendContext.abandonInFlight(mailbox: sendDoorbell.mailbox)
@@ -366,7 +426,7 @@ public final class Port: @unchecked Sendable {
     /// Counters per direction, the kernel's socket statistics and the XDP
     /// program's counters.
     public var statistics: Statistics {
-        let kernel = sharedLock.withLock { finalKernelStatistics ?? socket.statistics() }
+        let kernel = sharedLock.withLock { finalKernelStatistics ?? device.statistics() }
         let programCounters = sharedLock.withLock { program?.counters() } ?? (seen: 0, redirected: 0, passed: 0)
         return Statistics(
             send: sendContext.counters.snapshot(),

@@ -71,6 +71,7 @@ public struct PortConfiguration: Sendable {
 
     var resolvedReceiveFrameCount: Int { receiveFrameCount ?? Int(fillRingSize) * 2 }
     var resolvedSendFrameCount: Int { sendFrameCount ?? Int(transmitRingSize) * 2 }
+    var umemFrameCount: Int { resolvedReceiveFrameCount + resolvedSendFrameCount }
 
     /// Checks every value, with a message that says what to change.
     func validate() throws(AFXDPError) {

@@ -1,0 +1,107 @@
+import AFXDP
+import AFXDPTestbed
+import Testing
+
+/// `Port.openSimulated`: the whole engine over a kernel simulated in memory,
+/// through the public API only; no interface, no privileges.
+@Suite("Simulated port")
+struct SimulatedPortTests {
+    let a = MACAddress(bytes: [2, 0, 0, 0, 0, 1])
+    let b = MACAddress(bytes: [2, 0, 0, 0, 0, 2])
+
+    @Test("loopback: 20,000 frames sent, completed in order and received intact, every frame home after close")
+    func loopback() throws {
+        let received = ReceiveChecker()
+        let completions = CompletionChecker()
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.transmitRingSize = 256
+        configuration.completionRingSize = 256
+        let (port, kernel) = try Port.openSimulated(
+            configuration, loopback: true, onReceive: received.handle, onSendComplete: completions.handle)
+        var generator = Generator(port: port, completions: completions, total: 20_000, batch: 50, from: a, to: b)
+        var passes = 0
+        while received.receivedCount < 20_000 {
+            passes += 1
+            try #require(passes < 100_000, "no progress: received \(received.receivedCount)")
+            try generator.step(receivedByPeer: received.receivedCount, window: 512)
+            kernel.transmit()
+            port.poll()
+        }
+        try generator.returnSpares()
+        #expect(received.outOfOrder == 0)
+        #expect(received.corrupted == 0)
+        let state = completions.state.withLock { $0 }
+        #expect(state.completed == 400)
+        #expect(state.outOfOrder == 0)
+        #expect(state.statuses == [.success: 400])
+        #expect(port.statistics.send.packets == 20_000)
+        #expect(port.statistics.receive.packets == 20_000)
+        port.close()
+        #expect(port.poolStatus.allFramesHome, "\(port.poolStatus)")
+    }
+
+    @Test("a stalled completion ring: sends queue and none completes until the kernel moves; then all complete, in order")
+    func stalledCompletions() throws {
+        let completions = CompletionChecker()
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.transmitRingSize = 64
+        configuration.completionRingSize = 64
+        configuration.sendFrameCount = 4_000
+        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
+        defer { port.close() }
+        for n in 0..<1_000 {
+            let list = try #require(port.allocateList(packetCount: 4))
+            try fill(list, stream: 0, firstSequence: UInt64(4 * n), length: 60, from: a, to: b)
+            CompletionChecker.tag(list, stream: 0, number: UInt64(n))
+            try port.send(list)
+        }
+        for _ in 0..<10 { port.poll() }
+        #expect(completions.completed == 0)
+        #expect(kernel.pendingTransmit == 64, "the TX ring holds what the completion ring has room for")
+        #expect(port.statistics.send.queuedFrames == 4_000 - 64)
+        while completions.completed < 1_000 {
+            kernel.transmit(maximum: 17)
+            port.poll()
+        }
+        let state = completions.state.withLock { $0 }
+        #expect(state.outOfOrder == 0)
+        #expect(state.statuses == [.success: 1_000])
+        for list in completions.takeFree() { try port.returnList(list) }
+    }
+
+    @Test("an empty fill ring: frames are dropped and counted while the caller holds everything; delivery resumes on return")
+    func emptyFillRing() throws {
+        let received = ReceiveChecker()
+        received.holding.store(true, ordering: .relaxed)
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.fillRingSize = 64
+        configuration.receiveRingSize = 64
+        configuration.receiveFrameCount = 64
+        configuration.receiveBatchSize = 16
+        let (port, kernel) = try Port.openSimulated(configuration, onReceive: received.handle, onSendComplete: { _ in })
+        defer { port.close() }
+        var frame = [UInt8](repeating: 0, count: 64)
+        func deliver(_ sequence: UInt64) -> Bool {
+            frame.withUnsafeMutableBytes { TestFrame.write(into: $0, length: 64, sequence: sequence, source: a, destination: b) }
+            return frame.withUnsafeBytes { kernel.deliver($0) }
+        }
+        var delivered = 0
+        for n in 0..<200 where deliver(UInt64(n)) {
+            delivered += 1
+            port.poll()
+        }
+        port.poll()
+        #expect(delivered == 64)
+        #expect(received.receivedCount == 64)
+        #expect(kernel.statistics.fillRingEmpty == 136)
+        #expect(port.statistics.receive.lowResourceEvents == 1)
+        #expect(port.poolStatus.receiveFramesHeldByCaller == 64)
+        received.holding.store(false, ordering: .relaxed)
+        try received.returnHeld(to: port)
+        port.poll()
+        #expect(deliver(200))
+        port.poll()
+        #expect(received.receivedCount == 65)
+        #expect(received.corrupted == 0)
+    }
+}
