@@ -3,9 +3,11 @@
 // package-benchmark suites for swift-afxdp, in a package of their own (as
 // swift-nio does) so that the engine does not depend on the benchmark tool.
 //
-//   Rings       NIC-free: the public AFXDPRings types over heap memory
-//   PortDevice  a Port on a veth pair in two namespaces it makes and removes;
-//               needs root, and skips itself with a message otherwise
+//   Rings          NIC-free: the public AFXDPRings types over heap memory
+//   PortSimulated  NIC-free: the engine (pool, lists, send queue, completion,
+//                  receive) on a Port over a kernel simulated in memory
+//   PortDevice     a Port on a veth pair in two namespaces it makes and removes;
+//                  needs root, and skips itself with a message otherwise
 //
 // Run with scripts/benchmarks from the top of the repository.
 import PackageDescription
@@ -27,6 +29,15 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/Rings",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "PortSimulated",
+            dependencies: [
+                .product(name: "AFXDP", package: "swift-afxdp"),
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/PortSimulated",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         .executableTarget(

@@ -6,14 +6,7 @@
 // entries, the batch size the engine uses. The scaled figures are per cycle.
 // Nothing here may allocate: the malloc thresholds are 0.
 //
-// AFXDPRings is not a product of swift-afxdp (only AFXDP and AFXDPTestbed
-// are); it is imported here as a module that the AFXDP product brings in. See
-// Benchmarks/README.md.
-//
-// The packet pool and the send queue are not here: no public API drives them
-// without a NIC (a Port can only be opened on an interface). A public way to
-// open a port over heap rings, with the caller playing the kernel, would let
-// this suite cover allocate / send / complete / return too.
+// The packet pool and the send queue are in the PortSimulated suite.
 
 import AFXDPRings
 import Benchmark

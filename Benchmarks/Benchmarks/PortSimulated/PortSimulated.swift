@@ -1,0 +1,145 @@
+// NIC-free benchmarks of the engine itself, through its public API: a Port
+// opened with `Port.openSimulated`, whose SimulatedKernel plays the kernel's
+// side of the rings in memory. No interface, no privileges, no system calls:
+// what is measured is the engine's own work per list (pool, list building,
+// send queue, placement, completion mapping, receive indication, return).
+//
+// One measured iteration is `scalingFactor` (1000) cycles; one cycle moves a
+// list of 64 packets. The scaled figures are per list. Nothing here may
+// allocate: the malloc thresholds are 0.
+
+import AFXDP
+import Benchmark
+
+/// Packets per list: the batch the engine and the benchmark tool use.
+let packetsPerList = 64
+let frameLength = 64
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput, .mallocCountTotal],
+        warmupIterations: 10,
+        scalingFactor: .kilo,
+        maxDuration: .seconds(1),
+        maxIterations: 1_000,
+        thresholds: [
+            .mallocCountTotal: .init(absolute: [.p90: 0]),
+            // Wall clock is noisy on a shared two-core box: only a gross change fails.
+            .wallClock: .init(relative: [.p90: 300]),
+            .throughput: .init(relative: [.p90: 75]),
+        ]
+    )
+
+    // NdisAllocateNetBufferList / free: a list of 64 frames from the send
+    // pool and back.
+    Benchmark("pool-allocate-return-list-of-64") { benchmark, fixture in
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let list = fixture.port.allocateList(packetCount: packetsPerList)!
+            try fixture.port.returnList(list)
+        }
+        benchmark.stopMeasurement()
+    } setup: {
+        try SimulatedFixture(loopback: false)
+    }
+
+    // Building a list: setting the length of each of its 64 packets and
+    // touching its first bytes, as a sender writing headers would.
+    Benchmark("list-build-64-packets") { benchmark, fixture in
+        let list = fixture.port.allocateList(packetCount: packetsPerList)!
+        benchmark.startMeasurement()
+        for cycle in benchmark.scaledIterations {
+            for packet in list.packets {
+                packet.buffer.storeBytes(of: UInt64(cycle), toByteOffset: 14, as: UInt64.self)
+                try packet.setLength(frameLength)
+            }
+        }
+        benchmark.stopMeasurement()
+        try fixture.port.returnList(list)
+    } setup: {
+        try SimulatedFixture(loopback: false)
+    }
+
+    // The send path: send a list, the kernel takes it and completes it, the
+    // engine maps the completions back to the list and completes it in order.
+    Benchmark("send-complete-list-of-64") { benchmark, fixture in
+        var list = fixture.filledList()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            try fixture.port.send(list)
+            fixture.kernel.transmit()
+            fixture.port.poll()
+            list = fixture.completed.take()!
+        }
+        benchmark.stopMeasurement()
+        try fixture.port.returnList(list)
+    } setup: {
+        try SimulatedFixture(loopback: false)
+    }
+
+    // Both paths: the kernel loops each sent frame back in; the engine
+    // indicates it as a received list, which the handler returns at once.
+    Benchmark("loopback-send-receive-return-list-of-64") { benchmark, fixture in
+        var list = fixture.filledList()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            try fixture.port.send(list)
+            fixture.kernel.transmit()
+            fixture.port.poll()
+            fixture.port.poll()
+            list = fixture.completed.take()!
+        }
+        benchmark.stopMeasurement()
+        precondition(fixture.port.statistics.receive.packets >= benchmark.scaledIterations.count * packetsPerList)
+        try fixture.port.returnList(list)
+    } setup: {
+        try SimulatedFixture(loopback: true)
+    }
+}
+
+/// Completed lists, kept without allocating: a fixed slot the completion
+/// handler fills and the benchmark empties. Touched only by the benchmark's
+/// thread (the handler runs inside its `poll`).
+final class CompletedSlot: @unchecked Sendable {
+    // @unchecked: one thread (see above).
+    private var list: PacketList?
+    func put(_ completed: SendCompletions) {
+        precondition(completed.count == 1 && list == nil, "one list in flight at a time")
+        list = completed[0]
+    }
+    func take() -> PacketList? {
+        defer { list = nil }
+        return list
+    }
+}
+
+/// A simulated port and its kernel, for one benchmark.
+final class SimulatedFixture: @unchecked Sendable {
+    // @unchecked: used by the benchmark's one thread.
+    let port: Port
+    let kernel: SimulatedKernel
+    let completed = CompletedSlot()
+
+    init(loopback: Bool) throws {
+        let completed = self.completed
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.frameSize = 2048
+        let opened = try Port.openSimulated(
+            configuration, loopback: loopback,
+            onReceive: { indication in try! indication.port.returnList(indication.list) },
+            onSendComplete: { batch in completed.put(batch) })
+        port = opened.port
+        kernel = opened.kernel
+    }
+
+    func filledList() -> PacketList {
+        let list = port.allocateList(packetCount: packetsPerList)!
+        for packet in list.packets {
+            packet.buffer.initializeMemory(as: UInt8.self, repeating: 0xA5)
+            try! packet.setLength(frameLength)
+        }
+        return list
+    }
+
+    deinit { port.close() }
+}
