@@ -30,11 +30,22 @@ int ref_frame_self_test(void)
 			uint64_t s, t;
 			if (ref_frame_check(frame, length, &s, &t) != REF_INTACT || s != sequence || t != 42)
 				return -1;
+			// The byte-wise form writes the same bytes and reads the frame the same.
+			uint8_t copy[1514];
+			memset(copy, 0xEE, sizeof(copy));
+			ref_test_frame_write(copy, length, sequence, 42, b, a);
+			if (memcmp(copy, frame, sizeof(frame)) != 0)
+				return -1;
+			bool intact = false;
+			if (!ref_test_frame_parse(frame, length, &s, &t, &intact) || !intact || s != sequence || t != 42)
+				return -1;
 			if (length > REF_PAYLOAD_OFFSET) {
 				// One flipped bit anywhere in the payload is seen.
 				uint32_t at = REF_PAYLOAD_OFFSET + (uint32_t)((sequence + length) % (length - REF_PAYLOAD_OFFSET));
 				frame[at] ^= 0x10;
 				if (ref_frame_check(frame, length, &s, &t) != REF_CORRUPTED)
+					return -1;
+				if (!ref_test_frame_parse(frame, length, &s, &t, &intact) || intact || s != sequence)
 					return -1;
 			}
 		}
@@ -42,6 +53,9 @@ int ref_frame_self_test(void)
 	frame[12] = 0x08;
 	uint64_t s, t;
 	if (ref_frame_check(frame, 64, &s, &t) != REF_FOREIGN || ref_frame_check(frame, 29, &s, &t) != REF_FOREIGN)
+		return -1;
+	bool intact;
+	if (ref_test_frame_parse(frame, 64, &s, &t, &intact) || ref_test_frame_parse(frame, 29, &s, &t, &intact))
 		return -1;
 	return 0;
 }

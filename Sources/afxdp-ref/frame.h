@@ -94,6 +94,61 @@ static inline enum ref_verdict ref_frame_check(const uint8_t *frame, uint32_t le
 	return difference == 0 ? REF_INTACT : REF_CORRUPTED;
 }
 
+// --- The byte-wise form -----------------------------------------------------
+//
+// TestFrame.write and TestFrame.parse as AFXDPTestbed has them, which
+// `afxdp-bench instruction-loop` uses for every frame: the whole frame written
+// each time (addresses and EtherType too), a byte at a time, and the payload
+// checked a byte at a time up to the first difference. The instruction-loop
+// mode does the same, so that both sides do the same work per frame.
+
+static inline void ref_test_frame_write(uint8_t *frame, uint32_t length, uint64_t sequence,
+					uint64_t timestamp, const uint8_t source[6],
+					const uint8_t destination[6])
+{
+	for (int i = 0; i < 6; i++) {
+		frame[i] = destination[i];
+		frame[6 + i] = source[i];
+	}
+	frame[12] = REF_ETHERTYPE >> 8;
+	frame[13] = REF_ETHERTYPE & 0xFF;
+	memcpy(frame + REF_SEQUENCE_OFFSET, &sequence, 8);
+	memcpy(frame + REF_TIMESTAMP_OFFSET, &timestamp, 8);
+	uint8_t *payload = frame + REF_PAYLOAD_OFFSET;
+	uint8_t value = (uint8_t)sequence;
+	for (uint32_t i = 0; i < length - REF_PAYLOAD_OFFSET; i++)
+		payload[i] = value++;
+}
+
+// False if the frame is too short or not a test frame; else its sequence,
+// timestamp, and whether every payload byte is as written.
+static inline bool ref_test_frame_parse(const uint8_t *frame, uint32_t length, uint64_t *sequence,
+					uint64_t *timestamp, bool *intact)
+{
+	if (length < REF_PAYLOAD_OFFSET)
+		return false;
+	uint16_t ethertype;
+	memcpy(&ethertype, frame + 12, 2);
+	if (__builtin_bswap16(ethertype) != REF_ETHERTYPE)
+		return false;
+	uint64_t s, t;
+	memcpy(&s, frame + REF_SEQUENCE_OFFSET, 8);
+	memcpy(&t, frame + REF_TIMESTAMP_OFFSET, 8);
+	uint8_t expected = (uint8_t)s;
+	bool same = true;
+	for (uint32_t i = REF_PAYLOAD_OFFSET; i < length; i++) {
+		if (frame[i] != expected) {
+			same = false;
+			break;
+		}
+		expected++;
+	}
+	*sequence = s;
+	*timestamp = t;
+	*intact = same;
+	return true;
+}
+
 // Checks the word-wise codec against the byte-wise definition over every
 // length and a spread of sequence numbers; 0 when they agree.
 int ref_frame_self_test(void);

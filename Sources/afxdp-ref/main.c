@@ -6,7 +6,8 @@
 // threads and reports. Every way out closes the sockets and detaches the
 // programs: the normal end, an error, SIGINT / SIGTERM (a flag the loops
 // see), and a watchdog at --seconds + 10 s that exits non-zero, detaching
-// the programs itself if a thread hangs.
+// the programs itself if a thread hangs. The instruction-loop mode is
+// different: no threads, no clock; instruction.c runs it on the main thread.
 #include "ref.h"
 #include "frame.h"
 
@@ -76,12 +77,16 @@ static void usage(FILE *out)
 		"  tx-only   A sends; B receives and checks (B's count is the measure)\n"
 		"  rx-drop   A sends; B receives and releases at once, without reading payloads\n"
 		"  l2fwd     A sends; B sends the same UMEM frames back, MACs swapped; A checks\n"
+		"  instruction-loop  one thread moves --packets frames A->B, at most 256 in flight,\n"
+		"            writing and checking each as afxdp-bench instruction-loop does; for\n"
+		"            valgrind --tool=callgrind --toggle-collect=instruction_loop\n"
 		"\n"
 		"options:\n"
 		"  --interface-a IF, --interface-b IF   the two ends (required)\n"
 		"  --namespace-a NS, --namespace-b NS   their network namespaces (/var/run/netns/NS)\n"
 		"  --cpu-a N, --cpu-b N                 pin each end's thread to a CPU\n"
 		"  --seconds S          how long to send (default 10)\n"
+		"  --packets N          instruction-loop: frames to move (default 200000)\n"
 		"  --frame-size N       Ethernet frame length without FCS, 64..1514 (default 64)\n"
 		"  --batch N            descriptors per burst (default 64)\n"
 		"  --ring-size N        size of all four rings, a power of two (default 2048)\n"
@@ -123,6 +128,7 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 	*options = (struct ref_options){
 		.cpu = { -1, -1 },
 		.seconds = 10,
+		.packets = 200000,
 		.frame_size = 64,
 		.batch = 64,
 		.ring_size = 2048,
@@ -133,6 +139,7 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 	enum {
 		INTERFACE_A = 256, INTERFACE_B, NAMESPACE_A, NAMESPACE_B, CPU_A, CPU_B, SECONDS, FRAME_SIZE,
 		BATCH, RING_SIZE, UMEM_FRAME_SIZE, FRAMES, NO_NEED_WAKEUP, BUSY_POLL, JSON, XDP_OBJECT, HELP,
+		PACKETS,
 	};
 	static const struct option long_options[] = {
 		{ "interface-a", required_argument, NULL, INTERFACE_A },
@@ -152,8 +159,11 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		{ "json", no_argument, NULL, JSON },
 		{ "xdp-object", required_argument, NULL, XDP_OBJECT },
 		{ "help", no_argument, NULL, HELP },
+		{ "packets", required_argument, NULL, PACKETS },
 		{ NULL, 0, NULL, 0 },
 	};
+	// Options that only one kind of mode takes.
+	const char *timed_only = NULL, *instruction_only = NULL;
 	int option;
 	while ((option = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
 		switch (option) {
@@ -161,9 +171,20 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		case INTERFACE_B: options->interface[1] = optarg; break;
 		case NAMESPACE_A: options->namespace[0] = optarg; break;
 		case NAMESPACE_B: options->namespace[1] = optarg; break;
-		case CPU_A: options->cpu[0] = (int)parse_unsigned("cpu-a", optarg, 0, 1023); break;
-		case CPU_B: options->cpu[1] = (int)parse_unsigned("cpu-b", optarg, 0, 1023); break;
+		case CPU_A:
+			options->cpu[0] = (int)parse_unsigned("cpu-a", optarg, 0, 1023);
+			timed_only = "--cpu-a";
+			break;
+		case CPU_B:
+			options->cpu[1] = (int)parse_unsigned("cpu-b", optarg, 0, 1023);
+			timed_only = "--cpu-b";
+			break;
+		case PACKETS:
+			options->packets = parse_unsigned("packets", optarg, 1, 1ul << 40);
+			instruction_only = "--packets";
+			break;
 		case SECONDS: {
+			timed_only = "--seconds";
 			char *rest = NULL;
 			options->seconds = strtod(optarg, &rest);
 			if (!rest || *rest || !(options->seconds > 0 && options->seconds <= 86400))
@@ -179,7 +200,7 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		case FRAMES: options->frames = (uint32_t)parse_unsigned("frames", optarg, 2, 1u << 20); break;
 		case NO_NEED_WAKEUP: options->need_wakeup = false; break;
 		case BUSY_POLL: options->busy_poll = true; break;
-		case JSON: options->json = true; break;
+		case JSON: options->json = true; timed_only = "--json"; break;
 		case XDP_OBJECT: options->xdp_object = optarg; break;
 		case HELP:
 		case 'h': usage(stdout); exit(0);
@@ -187,7 +208,7 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		}
 	}
 	if (optind != argc - 1)
-		usage_error(optind == argc ? "give a mode: duplex, tx-only, rx-drop or l2fwd"
+		usage_error(optind == argc ? "give a mode: duplex, tx-only, rx-drop, l2fwd or instruction-loop"
 					   : "one mode only, and options after it start with --");
 	const char *mode = argv[optind];
 	if (!strcmp(mode, "duplex"))
@@ -198,8 +219,14 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		options->mode = REF_RX_DROP;
 	else if (!strcmp(mode, "l2fwd"))
 		options->mode = REF_L2FWD;
+	else if (!strcmp(mode, "instruction-loop"))
+		options->mode = REF_INSTRUCTION_LOOP;
 	else
-		usage_error("unknown mode '%s': use duplex, tx-only, rx-drop or l2fwd", mode);
+		usage_error("unknown mode '%s': use duplex, tx-only, rx-drop, l2fwd or instruction-loop", mode);
+	if (options->mode == REF_INSTRUCTION_LOOP && timed_only)
+		usage_error("%s is not for instruction-loop (one thread, a fixed number of frames)", timed_only);
+	if (options->mode != REF_INSTRUCTION_LOOP && instruction_only)
+		usage_error("%s is for instruction-loop only", instruction_only);
 
 	for (int i = 0; i < 2; i++) {
 		const char *which = i ? "b" : "a";
@@ -320,6 +347,8 @@ static int plan(const struct ref_options *options)
 		d[0] = (struct ref_direction){ .name = "A->B->A", .sender_end = 0, .receiver_end = 0, .forwarder_end = 1 };
 		count = 1;
 		break;
+	case REF_INSTRUCTION_LOOP: // instruction.c, not these threads
+		break;
 	}
 	for (int i = 0; i < count; i++) {
 		d[i].checked = options->mode != REF_RX_DROP;
@@ -386,6 +415,12 @@ int main(int argc, char **argv)
 	sigemptyset(&action.sa_mask);
 	sigaction(SIGINT, &action, NULL);
 	sigaction(SIGTERM, &action, NULL);
+
+	if (options.mode == REF_INSTRUCTION_LOOP) {
+		int code = ref_instruction_loop_main(&options, object, object_size);
+		free(object);
+		return code;
+	}
 
 	const uint64_t begin = ref_now();
 	const uint64_t run_ns = (uint64_t)(options.seconds * 1e9);

@@ -22,7 +22,9 @@
 
 #define REF_CACHE_LINE 64
 
-enum ref_mode { REF_DUPLEX, REF_TX_ONLY, REF_RX_DROP, REF_L2FWD };
+// REF_INSTRUCTION_LOOP: one thread, a fixed number of frames A->B, for
+// callgrind (instruction.c); the others run an end per thread for --seconds.
+enum ref_mode { REF_DUPLEX, REF_TX_ONLY, REF_RX_DROP, REF_L2FWD, REF_INSTRUCTION_LOOP };
 
 struct ref_options {
 	enum ref_mode mode;
@@ -30,6 +32,7 @@ struct ref_options {
 	const char *namespace[2]; // NULL: stay in the namespace we were started in
 	int cpu[2];               // -1: not pinned
 	double seconds;
+	uint64_t packets;         // instruction-loop: frames to move
 	uint32_t frame_size;      // bytes on the wire, without FCS
 	uint32_t batch;           // descriptors per burst
 	uint32_t ring_size;       // all four rings
@@ -180,6 +183,10 @@ void ref_port_emergency_detach(struct ref_end *end);
 
 // loop.c: the body of an end's thread.
 void *ref_end_main(void *argument);
+
+// instruction.c: the instruction-loop mode, all of it on the calling thread.
+// Returns the exit code.
+int ref_instruction_loop_main(const struct ref_options *options, const void *object, size_t object_size);
 
 // report.c
 void ref_report_header(const struct ref_options *options, struct ref_end ends[2]);

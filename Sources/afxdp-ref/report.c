@@ -15,6 +15,7 @@ const char *ref_mode_name(enum ref_mode mode)
 	case REF_TX_ONLY: return "tx-only";
 	case REF_RX_DROP: return "rx-drop";
 	case REF_L2FWD: return "l2fwd";
+	case REF_INSTRUCTION_LOOP: return "instruction-loop";
 	}
 	return "?";
 }
