@@ -24,10 +24,11 @@ public enum TestFrame {
     ) {
         precondition(length >= minimumLength && length <= buffer.count, "frame length \(length) out of range")
         let base = buffer.baseAddress!
-        for i in 0..<6 {
-            base.storeBytes(of: destination.bytes[i], toByteOffset: i, as: UInt8.self)
-            base.storeBytes(of: source.bytes[i], toByteOffset: 6 + i, as: UInt8.self)
-        }
+        // Octets 0-5 destination, 6-11 source: two 4-byte and two 2-byte stores.
+        base.storeBytes(of: UInt32(truncatingIfNeeded: destination.packed).littleEndian, toByteOffset: 0, as: UInt32.self)
+        base.storeBytes(of: UInt16(truncatingIfNeeded: destination.packed >> 32).littleEndian, toByteOffset: 4, as: UInt16.self)
+        base.storeBytes(of: UInt32(truncatingIfNeeded: source.packed).littleEndian, toByteOffset: 6, as: UInt32.self)
+        base.storeBytes(of: UInt16(truncatingIfNeeded: source.packed >> 32).littleEndian, toByteOffset: 10, as: UInt16.self)
         base.storeBytes(of: etherType.bigEndian, toByteOffset: 12, as: UInt16.self)
         base.storeBytes(of: sequence.littleEndian, toByteOffset: 14, as: UInt64.self)
         base.storeBytes(of: timestamp.littleEndian, toByteOffset: 22, as: UInt64.self)

@@ -18,11 +18,15 @@ import Synchronization
 public struct MACAddress: Sendable, Hashable, CustomStringConvertible {
     /// The six octets, in wire order.
     public let bytes: [UInt8]
+    /// The same octets packed little-endian into the low 48 bits, so that a
+    /// frame header is written with two stores rather than six array reads.
+    public let packed: UInt64
 
     /// An address from its six octets, in wire order.
     public init(bytes: [UInt8]) {
         precondition(bytes.count == 6, "a MAC address has 6 octets, not \(bytes.count)")
         self.bytes = bytes
+        packed = bytes.enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
     }
 
     /// Parses `aa:bb:cc:dd:ee:ff`; nil if `text` is not in that form.
@@ -34,7 +38,7 @@ public struct MACAddress: Sendable, Hashable, CustomStringConvertible {
             guard (1...2).contains(part.count), let octet = UInt8(part, radix: 16) else { return nil }
             bytes.append(octet)
         }
-        self.bytes = bytes
+        self.init(bytes: bytes)
     }
 
     /// `aa:bb:cc:dd:ee:ff`, lower case.

@@ -195,9 +195,10 @@ final class SendContext: @unchecked Sendable {
                 var frame = record.pointee.placeCursor
                 var bytes: UInt32 = 0
                 var placed: UInt32 = 0
+                // A frame's `owner` is its list's slot from allocation (or
+                // indication) until it is returned: completions map back by it.
                 while frame != noSlot, placed < budget {
                     let frameRecord = pool.frames + Int(frame)
-                    frameRecord.pointee.owner = slot
                     let length = UInt32(frameRecord.pointee.length)
                     tx[index &+ placed] = XDPDescriptor(
                         address: UInt64(frame) << shift | UInt64(frameRecord.pointee.offset), length: length)
@@ -253,18 +254,30 @@ final class SendContext: @unchecked Sendable {
 
     /// Reads the completion ring: each address names a frame, each frame
     /// names its list; a list is done when none of its frames is out.
+    /// Consecutive completions mostly belong to one list, so they are counted
+    /// in runs and each run is subtracted once.
     private func reapCompletions() -> Bool {
         let (start, count) = completion.peek(upTo: completion.size)
         guard count > 0 else { return false }
         let shift = UInt64(pool.frameShift)
+        let frameCount = UInt64(pool.frameCount)
         var index = start
+        var runOwner = noSlot
+        var runLength: UInt32 = 0
         for _ in 0..<count {
-            let frame = Int(truncatingIfNeeded: completion[index] >> shift)
+            let frame = completion[index] >> shift
             index &+= 1
-            precondition(frame < pool.frameCount, "completion ring returned an address outside the UMEM")
-            let owner = Int(pool.frames[frame].owner)
-            pool.lists[owner].outstanding -= 1
+            precondition(frame < frameCount, "completion ring returned an address outside the UMEM")
+            let owner = pool.frames[Int(truncatingIfNeeded: frame)].owner
+            if owner == runOwner {
+                runLength &+= 1
+            } else {
+                if runLength > 0 { pool.lists[Int(runOwner)].outstanding -= runLength }
+                runOwner = owner
+                runLength = 1
+            }
         }
+        pool.lists[Int(runOwner)].outstanding -= runLength
         completion.release()
         framesInFlight &-= count
         return true

@@ -133,7 +133,7 @@ public struct Packet {
     @inlinable public var capacity: Int { pool.frameSize - Int(pool.frames[Int(frame)].offset) }
 
     /// Sets the packet's length; it must be 1...capacity.
-    @inlinable
+    @inlinable @inline(__always)
     public func setLength(_ length: Int) throws(AFXDPError) {
         guard length > 0 else { throw .emptyFrame }
         guard length <= capacity else { throw .frameTooLarge(length: length, maximum: capacity) }
