@@ -117,14 +117,16 @@ final class ReceiveContext: @unchecked Sendable {
         var (index, room) = ringsOpen ? fill.reserve(upTo: returned) : (0, 0)
         let granted = room
         let shift = UInt64(pool.frameShift)
+        // Locals, so the per-frame loop does not reload them after every store.
+        let ring = fill, frames = pool.frames
         slot = first
         while slot != noSlot {
             let next = pool.lists[Int(slot)].next
             var frame = pool.lists[Int(slot)].head
             while frame != noSlot {
-                let nextFrame = pool.frames[Int(frame)].next
+                let nextFrame = frames[Int(frame)].next
                 if room > 0 {
-                    fill[index] = UInt64(frame) << shift
+                    ring[index] = UInt64(frame) << shift
                     index &+= 1
                     room &-= 1
                 } else {
@@ -175,19 +177,25 @@ final class ReceiveContext: @unchecked Sendable {
         let list = pool.lists + Int(slot)
         let shift = UInt64(pool.frameShift)
         let offsetMask = UInt64(pool.frameSize - 1)
+        let limit = UInt64(pool.receiveFrameCount)
+        // Locals, so the per-frame loop does not reload them after every store.
+        let ring = rx, frames = pool.frames
         var index = start
-        var previous = noSlot
         var bytes = 0
+        // Each frame's record is written whole; the previous one's `next` is
+        // then pointed at it. The first frame is the list's head.
+        var previous = noSlot
         for _ in 0..<count {
-            let descriptor = rx[index]
+            let descriptor = ring[index]
             index &+= 1
-            let frame = UInt32(truncatingIfNeeded: descriptor.address >> shift)
-            precondition(Int(frame) < pool.receiveFrameCount, "RX ring returned a frame outside the receive pool")
-            pool.frames[Int(frame)] = FrameRecord(
+            let frameIndex = descriptor.address >> shift
+            precondition(frameIndex < limit, "RX ring returned a frame outside the receive pool")
+            let frame = UInt32(truncatingIfNeeded: frameIndex)
+            frames[Int(frame)] = FrameRecord(
                 next: noSlot, owner: slot, offset: UInt16(truncatingIfNeeded: descriptor.address & offsetMask),
                 length: UInt16(truncatingIfNeeded: descriptor.length))
-            bytes += Int(descriptor.length)
-            if previous == noSlot { list.pointee.head = frame } else { pool.frames[Int(previous)].next = frame }
+            bytes &+= Int(descriptor.length)
+            if previous != noSlot { frames[Int(previous)].next = frame } else { list.pointee.head = frame }
             previous = frame
         }
         rx.release()

@@ -187,6 +187,10 @@ final class SendContext: @unchecked Sendable {
         budget = granted
         var index = start
         let shift = UInt64(pool.frameShift)
+        // Locals, so the per-frame loop does not reload them after every store
+        // (the compiler cannot tell that the stores leave them alone).
+        let ring = tx
+        let frames = pool.frames
         for priority in (0..<8).reversed() where budget > 0 {
             while budget > 0, queueHeads[priority] != noSlot {
                 let slot = queueHeads[priority]
@@ -198,9 +202,9 @@ final class SendContext: @unchecked Sendable {
                 // A frame's `owner` is its list's slot from allocation (or
                 // indication) until it is returned: completions map back by it.
                 while frame != noSlot, placed < budget {
-                    let frameRecord = pool.frames + Int(frame)
+                    let frameRecord = frames + Int(frame)
                     let length = UInt32(frameRecord.pointee.length)
-                    tx[index &+ placed] = XDPDescriptor(
+                    ring[index &+ placed] = XDPDescriptor(
                         address: UInt64(frame) << shift | UInt64(frameRecord.pointee.offset), length: length)
                     placed &+= 1
                     bytes &+= length
@@ -261,14 +265,15 @@ final class SendContext: @unchecked Sendable {
         guard count > 0 else { return false }
         let shift = UInt64(pool.frameShift)
         let frameCount = UInt64(pool.frameCount)
+        let ring = completion, frames = pool.frames
         var index = start
         var runOwner = noSlot
         var runLength: UInt32 = 0
         for _ in 0..<count {
-            let frame = completion[index] >> shift
+            let frame = ring[index] >> shift
             index &+= 1
             precondition(frame < frameCount, "completion ring returned an address outside the UMEM")
-            let owner = pool.frames[Int(truncatingIfNeeded: frame)].owner
+            let owner = frames[Int(truncatingIfNeeded: frame)].owner
             if owner == runOwner {
                 runLength &+= 1
             } else {
