@@ -128,7 +128,8 @@ public final class Port: @unchecked Sendable {
                 do throws(AFXDPError) {
                     try program.bind(socketFD: socket.fd, queue: configuration.queue)
                 } catch {
-                    program.release()
+                    socket.close()  // socket, then program, as at close
+                    program.release(namespace: nil)  // already inside the namespace
                     throw error
                 }
             } catch {
@@ -187,7 +188,7 @@ public final class Port: @unchecked Sendable {
         self.notes = notes
         pool = PacketPool(
             umem: area.base, frameSize: configuration.frameSize, frameCount: configuration.umemFrameCount,
-            receiveFrameCount: configuration.resolvedReceiveFrameCount, sendHeadroom: 0)
+            receiveFrameCount: configuration.resolvedReceiveFrameCount, sendHeadroom: 0, umemOwner: area)
         stateStorage.initialize(repeating: .init(PortState.running.rawValue), count: 64)
         let rings = device.rings
         sendContext = SendContext(
@@ -228,6 +229,9 @@ public final class Port: @unchecked Sendable {
     /// the pool is short of frames: lists come back through completions.
     public func allocateList(packetCount: Int) -> PacketList? {
         precondition(packetCount > 0, "a list holds at least one packet")
+        precondition(
+            packetCount <= pool.frameCount - pool.receiveFrameCount,
+            "a list of \(packetCount) packets can never be allocated: the send pool has \(pool.frameCount - pool.receiveFrameCount) frames (PortConfiguration.sendFrameCount)")
         return pool.allocate(packetCount: packetCount)
     }
 
@@ -277,11 +281,15 @@ public final class Port: @unchecked Sendable {
     /// a second return throws `.listAlreadyReturned` and changes nothing.
     public func returnList(_ list: PacketList) throws(AFXDPError) {
         guard list.pool === pool else { throw .foreignList }
-        try pool.transition(list, from: .caller, to: .free, bumpGeneration: true)
         switch pool.home(ofList: list.slot) {
         case .send:
+            try pool.transition(list, from: .caller, to: .free, bumpGeneration: true)
             pool.releaseToSendPool(list.slot)
         case .receive:
+            // Stale for the caller at once (generation bumped), but not free
+            // until the receive side takes it out of its mailbox: close counts
+            // it as still out until then.
+            try pool.transition(list, from: .caller, to: .engine, bumpGeneration: true)
             receiveDoorbell.mailbox.push(list.slot, links: pool.lists)
         }
     }
@@ -294,9 +302,12 @@ public final class Port: @unchecked Sendable {
     @discardableResult
     public func poll() -> Bool {
         var progress = false
-        if sendDoorbell.ownership.tryAcquire() {
-            progress = runSendPass()
+        // As in serviceSend: whoever lets go checks the mailbox again, or a
+        // list pushed meanwhile (its sender found the region taken) would wait.
+        while sendDoorbell.ownership.tryAcquire() {
+            if runSendPass() { progress = true }
             sendDoorbell.ownership.release()
+            if sendDoorbell.mailbox.isEmpty { break }
         }
         if receiveDoorbell.ownership.tryAcquire() {
             // After close the receive rings are gone; returns are still taken back.
@@ -330,7 +341,14 @@ public final class Port: @unchecked Sendable {
     private func runServiceLoop() {
         while currentState.rawValue < PortState.closing.rawValue {
             if !poll() {
-                if sendDoorbell.ownership.withOwnership({ sendContext.hasWork }) {
+                // Never wait for the send region here: a slow completion
+                // handler on another thread would stall receive too.
+                var sendsOutstanding = true
+                if sendDoorbell.ownership.tryAcquire() {
+                    sendsOutstanding = sendContext.hasWork
+                    sendDoorbell.ownership.release()
+                }
+                if sendsOutstanding || device.fd < 0 {
                     usleep(20)
                 } else {
                     SystemCalls.waitReadable(device.fd, milliseconds: 1)
@@ -373,7 +391,7 @@ public final class Port: @unchecked Sendable {
                 guard currentState != .closed else { return false }
                 sendContext.service(mailbox: sendDoorbell.mailbox, admit: status)
                 return sendContext.hasWork
-            }
+            } || !sendDoorbell.mailbox.isEmpty
             if !busy || clock.now >= deadline { return }
             usleep(50)
         }
@@ -391,7 +409,11 @@ public final class Port: @unchecked Sendable {
             state.store(PortState.closing.rawValue, ordering: .sequentiallyConsistent)
             return true
         }
-        guard proceed else { return }
+        guard proceed else {
+            // Another thread is closing: return when it is done, as it will.
+            while currentState != .closed { usleep(100) }
+            return
+        }
         if let thread = serviceThread {
             pthread_join(thread, nil)
             serviceThread = nil
@@ -404,16 +426,17 @@ public final class Port: @unchecked Sendable {
             let program = self.program
             self.program = nil
             if case .socket(let socket) = device {
-                try? NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) in
-                    program?.unbind(queue: configuration.queue)
-                    socket.close()
-                    program?.release()
-                }
+                // Map updates and closes work on file descriptors from any
+                // namespace; only the detach needs the interface's namespace.
+                program?.unbind(queue: configuration.queue)
+                socket.close()
+                program?.release(namespace: configuration.networkNamespace)
             }
         }
         sendContext.abandonInFlight(mailbox: sendDoorbell.mailbox)
+        // Send frames need no reclaiming: in-flight lists just completed with
+        // their frames, and the free stacks only ever held free frames.
         receiveContext.reclaimAfterSocketClosed(receiveDoorbell.mailbox)
-        pool.rebuildSendPool()
         state.store(PortState.closed.rawValue, ordering: .sequentiallyConsistent)
         receiveDoorbell.ownership.release()
         sendDoorbell.ownership.release()

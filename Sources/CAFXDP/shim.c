@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CAFXDP.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <errno.h>
@@ -15,21 +16,24 @@ _Static_assert(sizeof(struct xdp_statistics) == 48, "xdp_statistics layout chang
 
 const uint64_t cafxdp_unaligned_addr_mask = XSK_UNALIGNED_BUF_ADDR_MASK;
 
-// libbpf's messages since the last load. Written only while a load runs;
-// loads are serialised by the caller (one per port open).
+// libbpf's messages since the last load. libbpf and libxdp call the print
+// callback from any thread (socket creation too), so it is locked.
 static char libbpf_messages[4096];
 static size_t libbpf_messages_length;
+static pthread_mutex_t libbpf_messages_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int collect_libbpf_message(enum libbpf_print_level level, const char *format, va_list args)
 {
     if (level == LIBBPF_DEBUG)
         return 0;
-    size_t room = sizeof(libbpf_messages) - libbpf_messages_length;
-    if (room <= 1)
-        return 0;
-    int written = vsnprintf(libbpf_messages + libbpf_messages_length, room, format, args);
-    if (written > 0)
-        libbpf_messages_length += (size_t)written < room ? (size_t)written : room - 1;
+    pthread_mutex_lock(&libbpf_messages_lock);
+    if (libbpf_messages_length + 1 < sizeof(libbpf_messages)) {
+        size_t room = sizeof(libbpf_messages) - libbpf_messages_length;
+        int written = vsnprintf(libbpf_messages + libbpf_messages_length, room, format, args);
+        if (written > 0)
+            libbpf_messages_length += (size_t)written < room ? (size_t)written : room - 1;
+    }
+    pthread_mutex_unlock(&libbpf_messages_lock);
     return 0;
 }
 
@@ -48,8 +52,10 @@ int cafxdp_program_load(const void *object_bytes, size_t object_size,
                         cafxdp_program *out, char *log, size_t log_size)
 {
     memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&libbpf_messages_lock);
     libbpf_messages_length = 0;
     libbpf_messages[0] = '\0';
+    pthread_mutex_unlock(&libbpf_messages_lock);
 
     LIBBPF_OPTS(bpf_object_open_opts, options, .object_name = "afxdp_redirect");
     struct bpf_object *object = bpf_object__open_mem(object_bytes, object_size, &options);
@@ -83,9 +89,11 @@ close:
     memset(out, 0, sizeof(*out));
 out:
     if (log && log_size) {
+        pthread_mutex_lock(&libbpf_messages_lock);
         size_t n = libbpf_messages_length < log_size - 1 ? libbpf_messages_length : log_size - 1;
         memcpy(log, libbpf_messages, n);
         log[n] = '\0';
+        pthread_mutex_unlock(&libbpf_messages_lock);
     }
     return error;
 }

@@ -317,6 +317,29 @@ struct PortTrafficTests {
         }
     }
 
+    @Test("close after the port's namespace was deleted: everything completes, the pool is whole, nothing crashes")
+    func closeAfterNamespaceDeleted() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let completions = CompletionChecker()
+            let a = try openPort(bed, end: "a", onSendComplete: completions.handle)
+            try setLink(bed, end: "a", up: false)
+            for n in 0..<100 {
+                let list = try #require(a.allocateList(packetCount: 2))
+                try fill(list, stream: 0, firstSequence: UInt64(2 * n), length: 64, from: bed.macAddressA, to: bed.macAddressB)
+                CompletionChecker.tag(list, stream: 0, number: UInt64(n))
+                try a.send(list)
+            }
+            // A test's clean-up on failure often deletes the namespace first.
+            try runCommand(["ip", "netns", "del", bed.namespaceA])
+            a.close(timeout: .milliseconds(100))
+            let state = completions.state.withLock { $0 }
+            #expect(state.completed == 100)
+            #expect(state.statuses == [.closing: 100])
+            for list in completions.takeFree() { try a.returnList(list) }
+            #expect(a.poolStatus.allFramesHome, "\(a.poolStatus)")
+        }
+    }
+
     @Test("ownThread: completions and indications arrive without the caller polling")
     func ownServiceThread() throws {
         try VethTestbed.withVethTestbed { bed in

@@ -157,7 +157,6 @@ final class SimulatedPort {
         }
         doorbell.ownership.acquire()
         context.abandonInFlight(mailbox: doorbell.mailbox)
-        pool.rebuildSendPool()
         doorbell.ownership.release()
     }
 
@@ -963,7 +962,7 @@ struct CloseTests {
 
     /// `Port.close` drains, then takes the send region for good
     /// (`sendDoorbell.ownership.acquire()`), closes the socket, calls
-    /// `abandonInFlight()` and `rebuildSendPool()`. A `Port.send` racing with
+    /// `abandonInFlight()`. A `Port.send` racing with
     /// it (allowed: any call, any thread, any time) passes the `!= .closed`
     /// check, moves its list to `.engine` and pushes it into the mailbox; its
     /// `tryAcquire` fails because close owns the region, so it returns.
@@ -979,7 +978,6 @@ struct CloseTests {
         try port.send(list)
         #expect(!port.doorbell.mailbox.isEmpty, "the list waits in the mailbox for the region's owner")
         port.context.abandonInFlight(mailbox: port.doorbell.mailbox)
-        port.pool.rebuildSendPool()
         port.doorbell.ownership.release()
 
         #expect(port.log.sequences == [sequence], "every list sent completes exactly once")

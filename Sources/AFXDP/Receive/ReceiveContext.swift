@@ -134,6 +134,7 @@ final class ReceiveContext: @unchecked Sendable {
                 }
                 frame = nextFrame
             }
+            pool.setState(slot, .free, generation: pool.generation(of: slot))
             freeSlots.push(slot)
             slot = next
         }

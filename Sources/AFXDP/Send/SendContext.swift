@@ -248,8 +248,10 @@ final class SendContext: @unchecked Sendable {
             switch SystemCalls.kickTransmit(socketFD) {
             case .done: counters.noteKicks(kicks); return true
             case .again: if tx.outstanding == 0 { counters.noteKicks(kicks); return true }
-            case .later: counters.noteKicks(kicks); return true
-            case .failed: counters.noteKicks(kicks); counters.noteKickError(); return true
+            // The kernel took nothing (link down, no buffers): no progress, so
+            // a polling loop may sleep instead of spinning on the syscall.
+            case .later: counters.noteKicks(kicks); return false
+            case .failed: counters.noteKicks(kicks); counters.noteKickError(); return false
             }
         }
         counters.noteKicks(kicks)

@@ -49,7 +49,9 @@ struct RegionOwnership: @unchecked Sendable {
 
     @inline(__always)
     func tryAcquire() -> Bool {
-        flag.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+        // Sequentially consistent (free on x86): with the mailbox push before
+        // it and the mailbox check after `release`, no wake-up is lost.
+        flag.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
     }
 
     /// Waits until this thread owns the region. Not for hot paths.

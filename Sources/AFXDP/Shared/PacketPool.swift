@@ -99,6 +99,9 @@ public final class PacketPool: @unchecked Sendable {
 
     // MARK: Immutable after open (any thread)
     @usableFromInline let umem: UnsafeMutableRawPointer
+    /// Keeps the UMEM mapped for as long as the pool (and any handle's
+    /// packets) can be reached, even past the port.
+    private let umemOwner: AnyObject?
     @usableFromInline let frameShift: UInt32
     public let frameSize: Int
     public let frameCount: Int
@@ -122,8 +125,12 @@ public final class PacketPool: @unchecked Sendable {
     /// The largest packet a send frame holds.
     public var maximumSendLength: Int { frameSize - sendHeadroom }
 
-    init(umem: UnsafeMutableRawPointer, frameSize: Int, frameCount: Int, receiveFrameCount: Int, sendHeadroom: Int) {
+    init(
+        umem: UnsafeMutableRawPointer, frameSize: Int, frameCount: Int, receiveFrameCount: Int, sendHeadroom: Int,
+        umemOwner: AnyObject? = nil
+    ) {
         self.umem = umem
+        self.umemOwner = umemOwner
         self.frameSize = frameSize
         self.frameShift = UInt32(frameSize.trailingZeroBitCount)
         self.frameCount = frameCount
@@ -264,28 +271,6 @@ public final class PacketPool: @unchecked Sendable {
     /// Frames and list slots in the send pool right now.
     var sendPoolCounts: (frames: Int, lists: Int) {
         sharedLock.withLock { (sendFreeFrames.count, sendFreeLists.count) }
-    }
-
-    /// After close, when nothing is in flight any more: rebuilds the send
-    /// free stacks from the list states, leaving alone what the caller holds.
-    func rebuildSendPool() {
-        sharedLock.withLock {
-            while sendFreeFrames.pop() != nil {}
-            while sendFreeLists.pop() != nil {}
-            var held = [Bool](repeating: false, count: frameCount)
-            // Not only the caller's lists: a send racing with close may hold a
-            // list in `.engine` on its way to the mailbox; it completes later.
-            for slot in 0..<listCount where state(of: UInt32(slot)) != .free {
-                var frame = lists[slot].head
-                while frame != noSlot { held[Int(frame)] = true; frame = frames[Int(frame)].next }
-            }
-            for frame in (receiveFrameCount..<frameCount).reversed() where !held[frame] {
-                sendFreeFrames.push(UInt32(frame))
-            }
-            for slot in (receiveListCount..<listCount).reversed() where state(of: UInt32(slot)) == .free {
-                sendFreeLists.push(UInt32(slot))
-            }
-        }
     }
 
     func state(of slot: UInt32) -> ListState {

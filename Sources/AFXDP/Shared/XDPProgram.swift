@@ -13,6 +13,7 @@ final class XDPProgram: @unchecked Sendable {
     let ifindex: Int32
     let namespace: String?
     let attachFlags: UInt32
+    let etherTypeFilter: UInt16?
     var handle = cafxdp_program()
     var users = 0
     /// One value per possible CPU, for reading the per-CPU counters.
@@ -27,7 +28,8 @@ final class XDPProgram: @unchecked Sendable {
 
     var attachedNatively: Bool { attachFlags & UInt32(XDP_FLAGS_DRV_MODE) != 0 }
 
-    private init(interface: String, ifindex: Int32, namespace: String?, attachFlags: UInt32) {
+    private init(interface: String, ifindex: Int32, namespace: String?, attachFlags: UInt32, etherTypeFilter: UInt16?) {
+        self.etherTypeFilter = etherTypeFilter
         self.interface = interface
         self.ifindex = ifindex
         self.namespace = namespace
@@ -47,6 +49,13 @@ final class XDPProgram: @unchecked Sendable {
     ) throws(AFXDPError) -> XDPProgram {
         try registryLock.withLock { () throws(AFXDPError) -> XDPProgram in
             if let existing = registry[key(namespace, ifindex)] {
+                // Ports on several queues of one interface share its program,
+                // so they must agree on what the program does.
+                guard existing.etherTypeFilter == etherTypeFilter else {
+                    throw .invalidConfiguration(
+                        "another port on \(interface) filters EtherType \(existing.etherTypeFilter.map { String($0, radix: 16) } ?? "none"); "
+                            + "ports on one interface share its XDP program, so give them the same etherTypeFilter")
+                }
                 existing.users += 1
                 return existing
             }
@@ -67,7 +76,9 @@ final class XDPProgram: @unchecked Sendable {
                 let flags = modeFlag | UInt32(XDP_FLAGS_UPDATE_IF_NOEXIST)
                 let result = bpf_xdp_attach(ifindex, handle.program_fd, flags, nil)
                 if result == 0 {
-                    let program = XDPProgram(interface: interface, ifindex: ifindex, namespace: namespace, attachFlags: modeFlag)
+                    let program = XDPProgram(
+                        interface: interface, ifindex: ifindex, namespace: namespace, attachFlags: modeFlag,
+                        etherTypeFilter: etherTypeFilter)
                     program.handle = handle
                     program.users = 1
                     if let etherTypeFilter { program.setConfig(index: 0, value: UInt32(etherTypeFilter)) }
@@ -143,17 +154,23 @@ final class XDPProgram: @unchecked Sendable {
         return (total(0), total(1), total(2))
     }
 
-    /// Drops one reference; the last detaches and unloads. Call inside the namespace.
-    func release() {
+    /// Drops one reference; the last detaches the program from its interface
+    /// (entering `namespace` for that, nil: already inside) and unloads it.
+    /// If the namespace is gone, its interfaces went with it: nothing is left
+    /// to detach, and the program is unloaded all the same.
+    func release(namespace: String?) {
         Self.registryLock.withLock {
             users -= 1
             guard users == 0 else { return }
             var options = bpf_xdp_attach_opts()
             options.sz = MemoryLayout<bpf_xdp_attach_opts>.size
             options.old_prog_fd = handle.program_fd
-            _ = bpf_xdp_detach(ifindex, attachFlags, &options)
+            let ifindex = self.ifindex, flags = attachFlags
+            try? NetworkNamespaceEntry.run(in: namespace) { () throws(AFXDPError) in
+                _ = bpf_xdp_detach(ifindex, flags, &options)
+            }
             cafxdp_program_close(&handle)
-            Self.registry[Self.key(namespace, ifindex)] = nil
+            Self.registry[Self.key(self.namespace, ifindex)] = nil
         }
     }
 }
