@@ -323,7 +323,8 @@ public final class Port: @unchecked Sendable {
 
     /// Whether sends are queued or in flight.
     public var hasSendsOutstanding: Bool {
-        sendDoorbell.ownership.withOwnership { sendContext.hasWork } || !sendDoorbell.mailbox.isEmpty
+        HandlerScope.precondition(notInsideHandlerOf: self, "hasSendsOutstanding")
+        return sendDoorbell.ownership.withOwnership { sendContext.hasWork } || !sendDoorbell.mailbox.isEmpty
     }
 
     private func startServiceThread() {
@@ -364,6 +365,7 @@ public final class Port: @unchecked Sendable {
     /// once nothing is in flight (or after `timeout`). Receive goes on.
     /// Not from inside a handler: the handler's side is owned by its caller.
     public func pause(timeout: Duration = .seconds(2)) {
+        HandlerScope.precondition(notInsideHandlerOf: self, "pause()")
         let changed = sharedLock.withLock { () -> Bool in
             guard currentState == .running else { return false }
             state.store(PortState.paused.rawValue, ordering: .releasing)
@@ -404,6 +406,7 @@ public final class Port: @unchecked Sendable {
     /// caller still holds may be returned afterwards. Idempotent. Not from
     /// inside a handler (the handler's side is owned by its caller).
     public func close(timeout: Duration = .seconds(1)) {
+        HandlerScope.precondition(notInsideHandlerOf: self, "close()")
         let proceed = sharedLock.withLock { () -> Bool in
             guard currentState.rawValue < PortState.closing.rawValue else { return false }
             state.store(PortState.closing.rawValue, ordering: .sequentiallyConsistent)
@@ -474,7 +477,8 @@ public final class Port: @unchecked Sendable {
 
     /// Where the frames are. Takes back returned lists first. Not for hot paths.
     public var poolStatus: PoolStatus {
-        receiveDoorbell.ownership.withOwnership {
+        HandlerScope.precondition(notInsideHandlerOf: self, "poolStatus")
+        return receiveDoorbell.ownership.withOwnership {
             receiveContext.takeReturns(receiveDoorbell.mailbox)
             let withEngine = receiveContext.freeFrames.count + receiveContext.framesWithKernel
             return PoolStatus(

@@ -244,6 +244,7 @@ struct PortTrafficTests {
             #expect(state.completed == lists)
             #expect(state.outOfOrder == 0)
             #expect(state.statuses == [.closing: lists])
+            #expect(state.free.allSatisfy { $0.sentPacketCount == 0 }, "the link was down: nothing went out")
             // Sending on a closed port is refused and the list stays the caller's.
             let free = completions.takeFree()
             #expect(throws: AFXDPError.portClosed) { try a.send(free[0]) }
@@ -297,8 +298,8 @@ struct PortTrafficTests {
             let state = completions.state.withLock { $0 }
             #expect(state.outOfOrder == 0)
             #expect(state.statuses == [.success: 16, .paused: 185])
-            #expect(state.free.prefix(16).allSatisfy { $0.status == .success })
-            #expect(state.free.dropFirst(16).allSatisfy { $0.status == .paused })
+            #expect(state.free.prefix(16).allSatisfy { $0.status == .success && $0.sentPacketCount == 4 })
+            #expect(state.free.dropFirst(16).allSatisfy { $0.status == .paused && $0.sentPacketCount == 0 })
 
             a.restart()
             #expect(a.currentState == .running)

@@ -104,4 +104,47 @@ struct SimulatedPortTests {
         #expect(received.receivedCount == 65)
         #expect(received.corrupted == 0)
     }
+
+    @Test("close() from the port's own handler traps with an explanation instead of hanging")
+    func closeFromHandlerTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let (port, kernel) = try! Port.openSimulated(
+                PortConfiguration(interface: "sim0"), onReceive: { indication in indication.port.close() },
+                onSendComplete: { _ in })
+            let frame = [UInt8](repeating: 1, count: 64)
+            _ = frame.withUnsafeBytes { kernel.deliver($0) }
+            port.poll()
+        }
+    }
+
+    @Test("a list paused part-way says how many of its packets went out")
+    func partialSendIsReported() throws {
+        let completions = CompletionChecker()
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.transmitRingSize = 64
+        configuration.completionRingSize = 64
+        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
+        defer { port.close() }
+        // 100 packets: 64 fit the rings, 36 wait; pausing stops the rest.
+        let list = try #require(port.allocateList(packetCount: 100))
+        try fill(list, stream: 0, firstSequence: 0, length: 60, from: a, to: b)
+        CompletionChecker.tag(list, stream: 0, number: 0)
+        try port.send(list)
+        port.pause(timeout: .milliseconds(1))
+        while completions.completed < 1 {
+            kernel.transmit()
+            port.poll()
+        }
+        #expect(list.status == .paused)
+        #expect(list.sentPacketCount == 64)
+        port.restart()
+        try port.send(list)
+        while completions.completed < 2 {
+            kernel.transmit()
+            port.poll()
+        }
+        #expect(list.status == .success)
+        #expect(list.sentPacketCount == 100)
+        try port.returnList(list)
+    }
 }

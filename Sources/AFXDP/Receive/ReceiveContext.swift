@@ -210,7 +210,8 @@ final class ReceiveContext: @unchecked Sendable {
         counters.add(packets: Int(count), bytes: bytes)
         let generation = pool.generation(of: slot)
         pool.setState(slot, .caller, generation: generation)
-        onReceive(ReceiveIndication(port: port, list: PacketList(pool: pool, slot: slot, generation: generation)))
+        let indication = ReceiveIndication(port: port, list: PacketList(pool: pool, slot: slot, generation: generation))
+        HandlerScope.run(for: port) { onReceive(indication) }
         return true
     }
 

@@ -130,6 +130,7 @@ final class SendContext: @unchecked Sendable {
         record.pointee.next = noSlot
         record.pointee.status = .pending
         record.pointee.placedBytes = 0
+        record.pointee.placedPackets = 0
         record.pointee.placeCursor = record.pointee.head
         let priority = Int(record.pointee.priority)
         if queueTails[priority] == noSlot {
@@ -213,6 +214,7 @@ final class SendContext: @unchecked Sendable {
                 index &+= placed
                 budget -= placed
                 record.pointee.outstanding += placed
+                record.pointee.placedPackets &+= placed
                 record.pointee.placedBytes &+= bytes
                 record.pointee.placeCursor = frame
                 if frame == noSlot {
@@ -321,7 +323,7 @@ final class SendContext: @unchecked Sendable {
         let batch = SendCompletions(port: port, lists: UnsafeBufferPointer(start: completedBatch, count: completedCount))
         counters.add(completedLists: completedCount)
         completedCount = 0
-        onComplete(batch)
+        if let port { HandlerScope.run(for: port) { onComplete(batch) } } else { onComplete(batch) }
     }
 
     /// Close, once the socket is gone: every list still queued, in flight or
@@ -332,6 +334,8 @@ final class SendContext: @unchecked Sendable {
         stopPlacing(status: .closing)
         var slot = inFlightHead
         while slot != noSlot {
+            // Frames whose completion never came back are not counted as sent.
+            pool.lists[Int(slot)].placedPackets -= pool.lists[Int(slot)].outstanding
             pool.lists[Int(slot)].outstanding = 0
             if pool.lists[Int(slot)].status == .pending { pool.lists[Int(slot)].status = .closing }
             slot = inFlightNext[Int(slot)]

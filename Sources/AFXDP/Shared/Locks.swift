@@ -143,3 +143,30 @@ final class RegionDoorbell: @unchecked Sendable {
 
     deinit { storage.deallocate() }
 }
+
+/// Which port's handler the current thread is running. A handler runs while
+/// its side of the port is owned by the thread that called it, so a call
+/// from the handler that waits for that side (close, pause, poolStatus)
+/// would wait for ever: it traps with an explanation instead.
+enum HandlerScope {
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        Swift.precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create failed")
+        return key
+    }()
+
+    @inline(__always)
+    static func run(for port: AnyObject, _ body: () -> Void) {
+        let previous = pthread_getspecific(key)
+        pthread_setspecific(key, Unmanaged.passUnretained(port).toOpaque())
+        body()
+        pthread_setspecific(key, previous)
+    }
+
+    static func precondition(notInsideHandlerOf port: AnyObject, _ call: String) {
+        Swift.precondition(
+            pthread_getspecific(key) != Unmanaged.passUnretained(port).toOpaque(),
+            "\(call) was called from this port's own receive or completion handler, where it would wait for ever "
+                + "(the handler's side of the port is owned by its caller): call it from another thread")
+    }
+}

@@ -43,6 +43,12 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
     /// How the send ended; `.pending` until the list is completed.
     @inlinable public var status: SendStatus { record.pointee.status }
 
+    /// Once a send has completed: how many of the list's packets the kernel
+    /// took and gave back, counted from the first. All of them for
+    /// `.success`; for `.paused` or `.closing`, packets from this index on
+    /// were not sent (resend those, not the whole list).
+    @inlinable public var sentPacketCount: Int { Int(record.pointee.placedPackets) }
+
     /// 802.1p priority, 0 (lowest) to 7 (highest). Lists of higher priority
     /// may be sent, and completed, before lists of lower priority sent earlier;
     /// within one priority the order is always the caller's.

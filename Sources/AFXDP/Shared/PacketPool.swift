@@ -36,6 +36,9 @@ struct ListRecord {
     @usableFromInline var outstanding: UInt32
     /// Send side: bytes of the frames placed so far (counted while placing).
     @usableFromInline var placedBytes: UInt32
+    /// Send side: packets placed so far; once the list completes, those the
+    /// kernel took and gave back (the first `placedPackets` of the list).
+    @usableFromInline var placedPackets: UInt32
     /// Packets whose length has not been set yet: a list is sendable at 0.
     /// Kept by `Packet.setLength`, so that `send` checks in O(1).
     @usableFromInline var unsetLengths: UInt32
@@ -145,7 +148,7 @@ public final class PacketPool: @unchecked Sendable {
         lists.initialize(
             repeating: ListRecord(
                 head: noSlot, tail: noSlot, count: 0, next: noSlot, placeCursor: noSlot, outstanding: 0,
-                placedBytes: 0, unsetLengths: 0, status: .pending, priority: 0, inFlight: false, lowResources: false),
+                placedBytes: 0, placedPackets: 0, unsetLengths: 0, status: .pending, priority: 0, inFlight: false, lowResources: false),
             count: listCount)
         listWords = .allocate(capacity: listCount)
         listWords.initialize(repeating: .init(0), count: listCount)
