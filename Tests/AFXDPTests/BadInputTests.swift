@@ -113,6 +113,23 @@ struct BadInputTests {
         }
     }
 
+    @Test("zero-copy required on veth (which has none) is refused with what to do; preferred falls back and says so")
+    func zeroCopyRequired() throws {
+        try VethTestbed.withVethTestbed { bed in
+            #expect {
+                try openPort(bed, end: "a", configure: { $0.zeroCopy = .required })
+            } throws: { error in
+                error as? AFXDPError == .zeroCopyUnsupported(interface: bed.interfaceA) && "\(error)".contains(".preferred")
+            }
+            let attached = try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA)
+            #expect(!attached, "the refused open left nothing attached")
+            let port = try openPort(bed, end: "a", configure: { $0.zeroCopy = .preferred })
+            #expect(!port.isZeroCopy)
+            #expect(port.notes.contains { $0.contains("copy mode") })
+            port.close()
+        }
+    }
+
     @Test("bad lists: oversized or empty frames, double returns, foreign lists, lists in flight; nothing is lost")
     func badLists() throws {
         try VethTestbed.withVethTestbed { bed in

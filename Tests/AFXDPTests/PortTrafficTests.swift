@@ -341,6 +341,34 @@ struct PortTrafficTests {
         }
     }
 
+    @Test("busy polling on, need_wakeup off (a kick every pass): traffic still arrives intact and in order")
+    func busyPollWithoutNeedWakeup() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let received = ReceiveChecker()
+            let completions = CompletionChecker()
+            let options: (inout PortConfiguration) -> Void = {
+                $0.busyPoll = .init(timeoutMicroseconds: 20, budget: 64)
+                $0.useNeedWakeup = false
+            }
+            let a = try openPort(bed, end: "a", configure: options, onSendComplete: completions.handle)
+            defer { a.close() }
+            let b = try openPort(bed, end: "b", configure: options, onReceive: received.handle)
+            defer { b.close() }
+            var generator = Generator(port: a, completions: completions, total: 20_000, batch: 64, from: bed.macAddressA, to: bed.macAddressB)
+            let deadline = Deadline(seconds: 60)
+            while received.receivedCount < 20_000 {
+                try #require(!deadline.passed, "received \(received.receivedCount)")
+                try generator.step(receivedByPeer: received.receivedCount, window: vethQueueWindow)
+                a.poll()
+                b.poll()
+            }
+            try generator.returnSpares()
+            #expect(received.outOfOrder == 0)
+            #expect(received.corrupted == 0)
+            #expect(a.statistics.send.kicks > 0)
+        }
+    }
+
     @Test("ownThread: completions and indications arrive without the caller polling")
     func ownServiceThread() throws {
         try VethTestbed.withVethTestbed { bed in
