@@ -126,7 +126,7 @@ final class ReceiveContext: @unchecked Sendable {
             while frame != noSlot {
                 let nextFrame = frames[Int(frame)].next
                 if room > 0 {
-                    ring[index] = UInt64(frame) << shift
+                    ring[index] = UInt64(frame) &<< shift
                     index &+= 1
                     room &-= 1
                 } else {
@@ -153,8 +153,9 @@ final class ReceiveContext: @unchecked Sendable {
             if granted > 0 {
                 let shift = UInt64(pool.frameShift)
                 var index = start
-                for _ in 0..<granted {
-                    fill[index] = UInt64(freeFrames.pop()!) << shift
+                let end = start &+ granted
+                while index != end {
+                    fill[index] = UInt64(freeFrames.pop()!) &<< shift
                     index &+= 1
                 }
                 fill.submit()
@@ -186,10 +187,12 @@ final class ReceiveContext: @unchecked Sendable {
         // Each frame's record is written whole; the previous one's `next` is
         // then pointed at it. The first frame is the list's head.
         var previous = noSlot
-        for _ in 0..<count {
+        let end = start &+ count
+        // `while` on wrapping indices: no Range<UInt32> overflow checks.
+        while index != end {
             let descriptor = ring[index]
             index &+= 1
-            let frameIndex = descriptor.address >> shift
+            let frameIndex = descriptor.address &>> shift
             precondition(frameIndex < limit, "RX ring returned a frame outside the receive pool")
             let frame = UInt32(truncatingIfNeeded: frameIndex)
             frames[Int(frame)] = FrameRecord(

@@ -123,7 +123,7 @@ public struct Packet {
     @inlinable public var length: Int { Int(pool.frames[Int(frame)].length) }
 
     /// The frame's byte offset in the UMEM (the address the rings carry, minus the data offset).
-    @inlinable public var frameAddress: UInt64 { UInt64(frame) << UInt64(pool.frameShift) }
+    @inlinable public var frameAddress: UInt64 { UInt64(frame) &<< UInt64(pool.frameShift) }
 
     /// The packet's bytes (`length` of them).
     @inlinable public var bytes: UnsafeMutableRawBufferPointer {

@@ -105,6 +105,8 @@ public final class PacketPool: @unchecked Sendable {
     /// Keeps the UMEM mapped for as long as the pool (and any handle's
     /// packets) can be reached, even past the port.
     private let umemOwner: AnyObject?
+    /// log2(frameSize): 11 or 12. Hot loops shift by it with `&<<`/`&>>`,
+    /// which skip the over-width check a plain `<<` pays on every use.
     @usableFromInline let frameShift: UInt32
     public let frameSize: Int
     public let frameCount: Int
@@ -282,6 +284,6 @@ public final class PacketPool: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func data(ofFrame frame: UInt32) -> UnsafeMutableRawPointer {
-        umem + (Int(frame) << Int(frameShift)) + Int(frames[Int(frame)].offset)
+        umem + (Int(frame) &<< Int(frameShift)) + Int(frames[Int(frame)].offset)
     }
 }
