@@ -369,6 +369,18 @@ struct PortTrafficTests {
         }
     }
 
+    @Test("close and reopen at once on the same queue, 20 times: the kernel's late release of the queue is waited out")
+    func reopenRightAfterClose() throws {
+        try VethTestbed.withVethTestbed { bed in
+            for _ in 0..<20 {
+                let port = try openPort(bed, end: "a")
+                port.close()
+            }
+            let attached = try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA)
+            #expect(!attached)
+        }
+    }
+
     @Test("ownThread: completions and indications arrive without the caller polling")
     func ownServiceThread() throws {
         try VethTestbed.withVethTestbed { bed in

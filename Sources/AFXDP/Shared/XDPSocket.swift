@@ -60,7 +60,13 @@ final class XDPSocket: @unchecked Sendable {
         case .required: attempts = [UInt16(XDP_ZEROCOPY)]
         }
         var lastError: Int32 = 0
-        for mode in attempts {
+        // The kernel lets go of a closed socket's queue from a workqueue, a
+        // little after close: a bind right after another socket on the same
+        // queue closed (a port reopened, a previous process just exited) can
+        // find it still taken. Wait that out, briefly, before calling it taken.
+        var busyRetriesLeft = 250
+        var modes = attempts[...]
+        while let mode = modes.first {
             // A failed bind leaves libxdp's UMEM half-used: start over from a fresh one.
             var umem: OpaquePointer?
             var result = cafxdp_umem_create(
@@ -92,7 +98,13 @@ final class XDPSocket: @unchecked Sendable {
             lastError = -result
             _ = xsk_umem__delete(umem)
             if SystemCalls.isPermissionError(lastError) { break }
+            if lastError == EBUSY, busyRetriesLeft > 0 {
+                busyRetriesLeft -= 1
+                usleep(2_000)
+                continue
+            }
             if mode == UInt16(XDP_ZEROCOPY), lastError == EOPNOTSUPP || lastError == EINVAL || lastError == EPROTONOSUPPORT {
+                modes = modes.dropFirst()
                 continue
             }
             break
