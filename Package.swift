@@ -64,7 +64,7 @@ let package = Package(
             cSettings: [.define("_GNU_SOURCE")],
             linkerSettings: [.linkedLibrary("m")]
         ),
-        .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings"]),
+        .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings", "AFXDPTestbed"]),
         // Test-only C: dropping a thread's capabilities to test the privilege errors.
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
         .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed", "CTestSupport"]),

@@ -47,26 +47,8 @@ enum Benchmark {
         let watchdog = try Watchdog.start(seconds: options.watchdogSeconds)
         defer { watchdog.finish() }
 
-        for name in VethTestbed.removeStale(prefix: testbedPrefix) {
-            printError("afxdp-bench: removed namespace \(name), left by a run that died")
-        }
-        var testbed: VethTestbed?
+        let (testbed, endpoints) = try prepareEndpoints(options: options, watchdog: watchdog)
         defer { testbed?.destroy() }
-        let endpoints: [Endpoint]
-        if let interface = options.interface, let peer = options.peer {
-            endpoints = [
-                try existingEndpoint("A", interface, options.namespace, options.cpuA),
-                try existingEndpoint("B", peer, options.peerNamespace, options.cpuB),
-            ]
-        } else {
-            let bed = try VethTestbed.create(prefix: testbedPrefix, queues: options.queues)
-            testbed = bed
-            watchdog.guardTestbed(bed)
-            endpoints = [
-                Endpoint(name: "A", interface: bed.interfaceA, namespace: bed.namespaceA, macAddress: bed.macAddressA, cpu: options.cpuA),
-                Endpoint(name: "B", interface: bed.interfaceB, namespace: bed.namespaceB, macAddress: bed.macAddressB, cpu: options.cpuB),
-            ]
-        }
         if stopRequested { throw ExitCode(exitStatus(for: stopRequest.load(ordering: .relaxed))) }
 
         let session = Session(mode: mode, options: options, endpoints: endpoints)
@@ -83,6 +65,27 @@ enum Benchmark {
         if !report.errors.isEmpty { throw ExitCode(2) }
         if reason != 0 { throw ExitCode(exitStatus(for: reason)) }
         if !plotted { throw ExitCode.failure }
+    }
+
+    /// The two ends to run on: the existing interfaces named in the options,
+    /// or a veth testbed made here (after removing any a dead run left),
+    /// which the caller destroys and the watchdog removes if it has to.
+    static func prepareEndpoints(options: BenchOptions, watchdog: Watchdog) throws -> (VethTestbed?, [Endpoint]) {
+        for name in VethTestbed.removeStale(prefix: testbedPrefix) {
+            printError("afxdp-bench: removed namespace \(name), left by a run that died")
+        }
+        if let interface = options.interface, let peer = options.peer {
+            return (nil, [
+                try existingEndpoint("A", interface, options.namespace, options.cpuA),
+                try existingEndpoint("B", peer, options.peerNamespace, options.cpuB),
+            ])
+        }
+        let bed = try VethTestbed.create(prefix: testbedPrefix, queues: options.queues)
+        watchdog.guardTestbed(bed)
+        return (bed, [
+            Endpoint(name: "A", interface: bed.interfaceA, namespace: bed.namespaceA, macAddress: bed.macAddressA, cpu: options.cpuA),
+            Endpoint(name: "B", interface: bed.interfaceB, namespace: bed.namespaceB, macAddress: bed.macAddressB, cpu: options.cpuB),
+        ])
     }
 
     static func exitStatus(for reason: Int32) -> Int32 {

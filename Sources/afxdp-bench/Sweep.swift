@@ -112,26 +112,8 @@ enum SweepRun {
             seconds: given.timeout ?? Double(sizes.count) * (options.seconds + slackPerSize) + 30)
         defer { watchdog.finish() }
 
-        for name in VethTestbed.removeStale(prefix: Benchmark.testbedPrefix) {
-            printError("afxdp-bench: removed namespace \(name), left by a run that died")
-        }
-        var testbed: VethTestbed?
+        let (testbed, endpoints) = try Benchmark.prepareEndpoints(options: options, watchdog: watchdog)
         defer { testbed?.destroy() }
-        let endpoints: [Endpoint]
-        if let interface = options.interface, let peer = options.peer {
-            endpoints = [
-                try Benchmark.existingEndpoint("A", interface, options.namespace, options.cpuA),
-                try Benchmark.existingEndpoint("B", peer, options.peerNamespace, options.cpuB),
-            ]
-        } else {
-            let bed = try VethTestbed.create(prefix: Benchmark.testbedPrefix, queues: options.queues)
-            testbed = bed
-            watchdog.guardTestbed(bed)
-            endpoints = [
-                Endpoint(name: "A", interface: bed.interfaceA, namespace: bed.namespaceA, macAddress: bed.macAddressA, cpu: options.cpuA),
-                Endpoint(name: "B", interface: bed.interfaceB, namespace: bed.namespaceB, macAddress: bed.macAddressB, cpu: options.cpuB),
-            ]
-        }
 
         var runs: [RunReport] = []
         for (index, size) in sizes.enumerated() {

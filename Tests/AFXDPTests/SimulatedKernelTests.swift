@@ -1,5 +1,6 @@
 @testable import AFXDP
 import AFXDPRings
+import AFXDPTestbed
 import Testing
 
 // The send region of a port over heap rings, with the test playing the
@@ -8,20 +9,6 @@ import Testing
 // with kickOnlyWhenAsked, so it never kicks.
 
 // MARK: - Harness
-
-/// A seeded generator (SplitMix64): every run draws the same chunk sizes,
-/// so a failure can be replayed.
-struct SimulationRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// What the completion handler saw, copied out of each batch (the batch is
 /// valid only during the call).
@@ -250,7 +237,7 @@ struct SimulatedKernel {
     var completionRingOverruns = 0
     /// Times a `complete` call left the completion ring exactly full.
     var completionRingFilledExactly = 0
-    var random = SimulationRandom(seed: 0x5EED)
+    var random = SeededGenerator(seed: 0x5EED)
 
     init(_ port: SimulatedPort) { self.port = port }
 
@@ -419,7 +406,7 @@ struct SimulatedKernelTests {
         let port = SimulatedPort(
             sendFrames: 256, txSize: 32, completionSize: 64, startIndex: start, sendHeadroom: 64)
         var kernel = SimulatedKernel(port)
-        var random = SimulationRandom(seed: 5)
+        var random = SeededGenerator(seed: 5)
         var sent: [(sequence: Int, count: Int)] = []
         var returned = 0
 
@@ -476,7 +463,7 @@ struct SimulatedKernelTests {
     func fullCompletionRing() throws {
         let port = SimulatedPort(sendFrames: 512, txSize: 64, completionSize: 64)
         var kernel = SimulatedKernel(port)
-        var random = SimulationRandom(seed: 6)
+        var random = SeededGenerator(seed: 6)
         let total = 100_000
         var sent: [(sequence: Int, count: Int)] = []
         sent.reserveCapacity(total)
@@ -544,7 +531,7 @@ struct SimulatedKernelTests {
     func stalledCompletion() throws {
         let port = SimulatedPort(sendFrames: 1024, txSize: 64, completionSize: 64)
         var kernel = SimulatedKernel(port)
-        var random = SimulationRandom(seed: 7)
+        var random = SeededGenerator(seed: 7)
         var sent: [(sequence: Int, count: Int)] = []
         var frames = 0
         var lastQueued = 0
@@ -602,7 +589,7 @@ struct SimulatedKernelTests {
     func outOfOrderCompletions(order: CompletionOrder, maskOffset: Bool) throws {
         let port = SimulatedPort(sendFrames: 256, txSize: 32, completionSize: 32, sendHeadroom: 128)
         var kernel = SimulatedKernel(port)
-        var random = SimulationRandom(seed: 8)
+        var random = SeededGenerator(seed: 8)
         var sent: [(sequence: Int, count: Int)] = []
         var returned = 0
         while sent.count < 500 {
@@ -685,7 +672,7 @@ struct SimulatedKernelTests {
     func priorityOrderStress() throws {
         let port = SimulatedPort(sendFrames: 256, txSize: 16, completionSize: 32)
         var kernel = SimulatedKernel(port)
-        var random = SimulationRandom(seed: 9)
+        var random = SeededGenerator(seed: 9)
         var sentByPriority = [[Int]](repeating: [], count: 8)
         var sentCount = 0
         var returned = 0
@@ -726,7 +713,7 @@ struct SimulatedKernelTests {
     func resendFromCompletionHandler() throws {
         let port = SimulatedPort(sendFrames: 128, txSize: 16, completionSize: 32)
         var kernel = SimulatedKernel(port)
-        var random = SimulationRandom(seed: 10)
+        var random = SeededGenerator(seed: 10)
         var sent: [(sequence: Int, count: Int)] = []
         let rounds = 5
         // Each list goes round `rounds` times; the handler sends it again
