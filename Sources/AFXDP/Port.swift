@@ -42,7 +42,6 @@ public final class Port: @unchecked Sendable {
     public let isAttachedNatively: Bool
     /// Things the port chose on the caller's behalf (e.g. a fallback to copy mode).
     public let notes: [String]
-    private let area: UMEMArea
 
     // MARK: Send region (one owner at a time; others use its mailbox)
     private let sendDoorbell = RegionDoorbell()
@@ -180,7 +179,6 @@ public final class Port: @unchecked Sendable {
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
     ) {
         self.configuration = configuration
-        self.area = area
         self.device = device
         self.program = program
         self.isZeroCopy = isZeroCopy
