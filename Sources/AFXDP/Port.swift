@@ -191,7 +191,7 @@ public final class Port: @unchecked Sendable {
         let rings = device.rings
         sendContext = SendContext(
             pool: pool, tx: rings.tx, completion: rings.completion, socketFD: device.fd,
-            kickOnlyWhenAsked: configuration.useNeedWakeup, batchSize: configuration.receiveBatchSize,
+            kickOnlyWhenAsked: configuration.useNeedWakeup,
             onComplete: onSendComplete)
         receiveContext = ReceiveContext(
             pool: pool, rx: rings.rx, fill: rings.fill, socketFD: device.fd,

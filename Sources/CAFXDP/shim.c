@@ -14,8 +14,6 @@
 _Static_assert(sizeof(struct xdp_desc) == 16, "xdp_desc layout changed");
 _Static_assert(sizeof(struct xdp_statistics) == 48, "xdp_statistics layout changed");
 
-const uint64_t cafxdp_unaligned_addr_mask = XSK_UNALIGNED_BUF_ADDR_MASK;
-
 // libbpf's messages since the last load. libbpf and libxdp call the print
 // callback from any thread (socket creation too), so it is locked.
 static char libbpf_messages[4096];

@@ -72,7 +72,7 @@ final class SimulatedPort {
         let pool = self.pool
         context = SendContext(
             pool: pool, tx: tx.memory, completion: completion.memory, socketFD: -1,
-            kickOnlyWhenAsked: true, batchSize: 64,
+            kickOnlyWhenAsked: true,
             onComplete: { batch in
                 log.batches += 1
                 let first = log.entries.count

@@ -41,7 +41,6 @@ final class SendContext: @unchecked Sendable {
     @exclusivity(unchecked) private var completedCount = 0
     let socketFD: Int32
     let kickOnlyWhenAsked: Bool
-    let batchSize: UInt32
     @exclusivity(unchecked) var onComplete: @Sendable (SendCompletions) -> Void
     /// The port this region belongs to; set once, right after the port is made.
     @exclusivity(unchecked) unowned(unsafe) var port: Port!
@@ -53,14 +52,13 @@ final class SendContext: @unchecked Sendable {
 
     init(
         pool: PacketPool, tx: RingMemory, completion: RingMemory, socketFD: Int32,
-        kickOnlyWhenAsked: Bool, batchSize: UInt32, onComplete: @escaping @Sendable (SendCompletions) -> Void
+        kickOnlyWhenAsked: Bool, onComplete: @escaping @Sendable (SendCompletions) -> Void
     ) {
         self.pool = pool
         self.tx = ProducerRing(tx)
         self.completion = ConsumerRing(completion)
         self.socketFD = socketFD
         self.kickOnlyWhenAsked = kickOnlyWhenAsked
-        self.batchSize = batchSize
         self.onComplete = onComplete
         queueHeads = .allocate(capacity: 8)
         queueHeads.initialize(repeating: noSlot, count: 8)

@@ -214,7 +214,6 @@ public final class PacketPool: @unchecked Sendable {
     }
 
     func home(ofList slot: UInt32) -> Home { Int(slot) < receiveListCount ? .receive : .send }
-    func home(ofFrame frame: UInt32) -> Home { Int(frame) < receiveFrameCount ? .receive : .send }
 
     /// Whether the handle is current (not returned since it was made).
     public func isCurrent(_ list: PacketList) -> Bool {

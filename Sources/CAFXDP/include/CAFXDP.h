@@ -13,12 +13,6 @@
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
 
-// --- Constants Swift cannot import (function-like or composite macros) -----
-
-// XSK_UNALIGNED_BUF_ADDR_MASK is an expression macro; Swift imports only
-// literal macros. Delete when the engine supports unaligned chunks natively.
-extern const uint64_t cafxdp_unaligned_addr_mask;
-
 // --- The XDP program --------------------------------------------------------
 
 // The loaded program and the file descriptors of its maps. Owned by Swift's
