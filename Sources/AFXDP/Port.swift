@@ -467,10 +467,16 @@ public final class Port: @unchecked Sendable {
         public var receiveFramesWithEngine: Int
         /// Receive frames indicated and not returned.
         public var receiveFramesHeldByCaller: Int
+        /// Large chunks (the storage of long lists' packets) in all.
+        public var totalLargeChunks: Int
+        /// Large chunks not lent to a list, on both sides.
+        public var largeChunksFree: Int
         /// Whether every frame is back in its pool.
         public var allFramesHome: Bool {
             sendFramesFree + receiveFramesWithEngine == totalFrames
         }
+        /// Whether every large chunk is back too (no list holds one).
+        public var allLargeChunksHome: Bool { largeChunksFree == totalLargeChunks }
     }
 
     /// Where the frames are. Takes back returned lists first. Not for hot paths.
@@ -479,9 +485,12 @@ public final class Port: @unchecked Sendable {
         return receiveDoorbell.ownership.withOwnership {
             receiveContext.takeReturns(receiveDoorbell.mailbox)
             let withEngine = receiveContext.freeFrames.count + receiveContext.framesWithKernel
+            let send = pool.sendPoolCounts
             return PoolStatus(
-                totalFrames: pool.frameCount, sendFramesFree: pool.sendPoolCounts.frames,
-                receiveFramesWithEngine: withEngine, receiveFramesHeldByCaller: receiveContext.framesHeldByCaller)
+                totalFrames: pool.frameCount, sendFramesFree: send.frames,
+                receiveFramesWithEngine: withEngine, receiveFramesHeldByCaller: receiveContext.framesHeldByCaller,
+                totalLargeChunks: pool.largeChunkCount,
+                largeChunksFree: send.largeChunks + receiveContext.freeLargeChunks.count)
         }
     }
 }

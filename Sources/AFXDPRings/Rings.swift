@@ -68,6 +68,15 @@ public struct ProducerRing<Entry> {
         nonmutating set { entries[Int(index & mask)] = newValue }
     }
 
+    /// The entries from `index` on, at most `count`, that lie in one piece
+    /// before the ring's end wraps: hot loops walk them with a pointer, with
+    /// no masking per entry. Call again from `index + run` for the rest.
+    @inlinable @inline(__always)
+    public func contiguousRun(from index: UInt32, upTo count: UInt32) -> (start: UnsafeMutablePointer<Entry>, count: UInt32) {
+        let offset = index & mask
+        return (entries + Int(offset), min(count, size &- offset))
+    }
+
     /// Publishes everything reserved so far to the consumer.
     @inlinable
     public func submit() {
@@ -140,6 +149,14 @@ public struct ConsumerRing<Entry> {
     @inlinable
     public subscript(index: UInt32) -> Entry {
         entries[Int(index & mask)]
+    }
+
+    /// The entries from `index` on, at most `count`, that lie in one piece
+    /// before the ring's end wraps (see `ProducerRing.contiguousRun`).
+    @inlinable @inline(__always)
+    public func contiguousRun(from index: UInt32, upTo count: UInt32) -> (start: UnsafePointer<Entry>, count: UInt32) {
+        let offset = index & mask
+        return (UnsafePointer(entries + Int(offset)), min(count, size &- offset))
     }
 
     /// Hands every peeked entry back to the producer.

@@ -150,3 +150,5 @@ int cafxdp_enter_network_namespace(int fd)
 {
     return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
 }
+
+__thread const void *cafxdp_handler_scope;

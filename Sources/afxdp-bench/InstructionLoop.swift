@@ -30,12 +30,14 @@ struct CountInstructions: ParsableCommand {
 /// Only touched by the one thread running the loop.
 final class LoopState: @unchecked Sendable {
     // @unchecked: the loop, both ports' handlers and the completions run on one thread.
-    var sent = 0
-    var received = 0
-    var corrupted = 0
-    var outOfOrder = 0
-    var next: UInt64 = 0
-    var free: [PacketList] = []
+    // @exclusivity(unchecked): one thread, so the runtime's access checks on
+    // these class properties (taken from the handlers) would guard nothing.
+    @exclusivity(unchecked) var sent = 0
+    @exclusivity(unchecked) var received = 0
+    @exclusivity(unchecked) var corrupted = 0
+    @exclusivity(unchecked) var outOfOrder = 0
+    @exclusivity(unchecked) var next: UInt64 = 0
+    @exclusivity(unchecked) var free: [PacketList] = []
 }
 
 enum InstructionLoop {

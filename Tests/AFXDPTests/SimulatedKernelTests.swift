@@ -100,11 +100,7 @@ final class SimulatedPort {
     /// the mailbox, then runs the send side if no one else is.
     func send(_ list: PacketList) throws(AFXDPError) {
         guard list.pool === pool else { throw .foreignList }
-        var frame = list.record.pointee.head
-        while frame != noSlot {
-            if pool.frames[Int(frame)].length == 0 { throw .emptyFrame }
-            frame = pool.frames[Int(frame)].next
-        }
+        if list.packets.contains(where: { $0.length == 0 }) { throw .emptyFrame }
         try pool.transition(list, from: .caller, to: .engine)
         doorbell.mailbox.push(list.slot, links: pool.lists)
         serviceSend()

@@ -40,6 +40,59 @@ struct SimulatedPortTests {
         #expect(port.poolStatus.allFramesHome, "\(port.poolStatus)")
     }
 
+    @Test("more long lists than large chunks: the rest chain inline chunks, every packet intact and in order, all home after close")
+    func largeChunksRunOut() throws {
+        let received = ReceiveChecker()
+        received.holding.store(true, ordering: .relaxed)
+        let completions = CompletionChecker()
+        var configuration = PortConfiguration(interface: "sim0")
+        // 256 frames a side: 8 large chunks each.
+        configuration.receiveFrameCount = 256
+        configuration.sendFrameCount = 256
+        configuration.fillRingSize = 256
+        configuration.receiveRingSize = 256
+        configuration.receiveBatchSize = 16
+        let (port, kernel) = try Port.openSimulated(
+            configuration, loopback: true, onReceive: received.handle, onSendComplete: completions.handle)
+        let before = port.poolStatus
+        #expect(before.totalLargeChunks == 16 && before.allLargeChunksHome)
+        // 40 lists of 6 (5 or more packets take a large chunk while there is one),
+        // all held at once: 8 take large chunks, 32 chain two inline chunks.
+        var lists: [PacketList] = []
+        for n in 0..<40 {
+            let list = try #require(port.allocateList(packetCount: 6))
+            try fill(list, stream: 0, firstSequence: UInt64(6 * n), length: 60 + n, from: a, to: b)
+            CompletionChecker.tag(list, stream: 0, number: UInt64(n))
+            lists.append(list)
+        }
+        #expect(port.poolStatus.largeChunksFree == 8, "the send side's large chunks are all lent")
+        for list in lists { try port.send(list) }
+        var passes = 0
+        while received.receivedCount < 240 || completions.completed < 40 {
+            passes += 1
+            try #require(passes < 10_000, "no progress: received \(received.receivedCount)")
+            kernel.transmit()
+            port.poll()
+        }
+        // Received in lists of up to 16, all held: 8 in large chunks, the rest inline.
+        #expect(received.outOfOrder == 0)
+        #expect(received.corrupted == 0)
+        #expect(received.heldSequences == (0..<240).map { UInt64($0) })
+        #expect(port.poolStatus.largeChunksFree == 0, "both sides' large chunks are lent")
+        let state = completions.state.withLock { $0 }
+        #expect(state.completed == 40 && state.outOfOrder == 0 && state.statuses == [.success: 40])
+        for (n, list) in completions.takeFree().enumerated() {
+            #expect(list.count == 6)
+            #expect(list.packets.map(\.length) == Array(repeating: 60 + n, count: 6), "list \(n) kept its packets")
+            try port.returnList(list)
+        }
+        try received.returnHeld(to: port)
+        port.close()
+        let after = port.poolStatus
+        #expect(after.allFramesHome, "\(after)")
+        #expect(after.allLargeChunksHome, "\(after)")
+    }
+
     @Test("a stalled completion ring: sends queue and none completes until the kernel moves; then all complete, in order")
     func stalledCompletions() throws {
         let completions = CompletionChecker()

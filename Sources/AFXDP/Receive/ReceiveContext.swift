@@ -5,8 +5,17 @@ import Atomics
 /// into the UMEM. The list is the caller's until it calls `Port.returnList`;
 /// until then the engine does not touch its frames.
 public struct ReceiveIndication {
-    public let port: Port
+    /// The port that received the list.
+    public var port: Port { receivingPort }
+    // unowned(unsafe): handed to the handler while the port runs it, so the
+    // port is alive; a strong reference would cost a retain and a release per list.
+    @usableFromInline unowned(unsafe) let receivingPort: Port
     public let list: PacketList
+
+    @inlinable init(port: Port, list: PacketList) {
+        receivingPort = port
+        self.list = list
+    }
     /// The port is low on receive frames (the caller holds most of them):
     /// return lists promptly or frames will be dropped.
     public var lowResources: Bool { list.indicatedWithLowResources }
@@ -35,6 +44,8 @@ final class ReceiveContext: @unchecked Sendable {
     @exclusivity(unchecked) var freeFrames: IndexStack
     /// Receive list slots not in use.
     @exclusivity(unchecked) var freeSlots: IndexStack
+    /// Receive large chunks not lent to a slot.
+    @exclusivity(unchecked) var freeLargeChunks: IndexStack
     /// Frames submitted to the fill ring and not yet seen again on RX.
     @exclusivity(unchecked) private(set) var framesWithKernel = 0
     let batchSize: UInt32
@@ -43,8 +54,13 @@ final class ReceiveContext: @unchecked Sendable {
     /// Whether the last refill left the kernel fewer than `lowWatermark` frames.
     @exclusivity(unchecked) private(set) var isLowOnResources = false
     let socketFD: Int32
-    @exclusivity(unchecked) var onReceive: @Sendable (ReceiveIndication) -> Void
-    @exclusivity(unchecked) unowned(unsafe) var port: Port!
+    let onReceive: @Sendable (ReceiveIndication) -> Void
+    /// The port this region belongs to, and its identity for `HandlerScope`;
+    /// set once, right after the port is made.
+    @exclusivity(unchecked) unowned(unsafe) var port: Port! {
+        didSet { portIdentity = HandlerScope.identity(of: port) }
+    }
+    @exclusivity(unchecked) private var portIdentity: UnsafeRawPointer?
 
     // MARK: Counters (owner writes, anyone reads)
     let counters = ReceiveCounters()
@@ -67,6 +83,8 @@ final class ReceiveContext: @unchecked Sendable {
         freeSlots = IndexStack(capacity: pool.receiveListCount)
         for frame in (0..<pool.receiveFrameCount).reversed() { freeFrames.push(UInt32(frame)) }
         for slot in (0..<pool.receiveListCount).reversed() { freeSlots.push(UInt32(slot)) }
+        freeLargeChunks = IndexStack(capacity: pool.receiveLargeChunkCount)
+        for chunk in (0..<pool.receiveLargeChunkCount).reversed() { freeLargeChunks.push(UInt32(chunk)) }
         heldStorage.initialize(repeating: .init(0), count: 16)
         _ = leadingPadding
         _ = trailingPadding
@@ -75,6 +93,7 @@ final class ReceiveContext: @unchecked Sendable {
     deinit {
         freeFrames.deallocate()
         freeSlots.deallocate()
+        freeLargeChunks.deallocate()
         heldStorage.deallocate()
     }
 
@@ -117,25 +136,38 @@ final class ReceiveContext: @unchecked Sendable {
         var (index, room) = ringsOpen ? fill.reserve(upTo: returned) : (0, 0)
         let granted = room
         let shift = UInt64(pool.frameShift)
-        // Locals, so the per-frame loop does not reload them after every store.
-        let ring = fill, frames = pool.frames
+        let frameMask = ~pool.offsetMask
+        // Locals, so the per-packet loop does not reload them after every store.
+        let ring = fill, lists = pool.lists
         slot = first
         while slot != noSlot {
-            let next = pool.lists[Int(slot)].next
-            var frame = pool.lists[Int(slot)].head
-            while frame != noSlot {
-                let nextFrame = frames[Int(frame)].next
-                if room > 0 {
-                    ring[index] = UInt64(frame) &<< shift
-                    index &+= 1
-                    room &-= 1
-                } else {
-                    freeFrames.push(frame)
+            let next = lists[Int(slot)].next
+            var chunk = slot
+            while chunk != noSlot {
+                let chunkCount = lists[Int(chunk)].chunkCount
+                var packet = pool.chunk(chunk)
+                let end = packet + Int(chunkCount)
+                var toRing = min(room, chunkCount)
+                room &-= toRing
+                while toRing > 0 {
+                    let (first, run) = ring.contiguousRun(from: index, upTo: toRing)
+                    for offset in 0..<Int(run) {
+                        first[offset] = packet.pointee.address & frameMask
+                        packet += 1
+                    }
+                    index &+= run
+                    toRing &-= run
                 }
-                frame = nextFrame
+                while packet != end {
+                    freeFrames.push(UInt32(truncatingIfNeeded: packet.pointee.address &>> shift))
+                    packet += 1
+                }
+                let nextChunk = lists[Int(chunk)].chunkNext
+                if let large = pool.largeChunk(of: chunk) { freeLargeChunks.push(large) }
+                freeSlots.push(chunk)
+                chunk = nextChunk
             }
             pool.setState(slot, .free, generation: pool.generation(of: slot))
-            freeSlots.push(slot)
             slot = next
         }
         if granted > 0 {
@@ -174,47 +206,60 @@ final class ReceiveContext: @unchecked Sendable {
     private func indicateOnce() -> Bool {
         let (start, count) = rx.peek(upTo: batchSize)
         guard count > 0 else { return false }
-        // A slot per list and at most one list per frame: never runs out.
-        let slot = freeSlots.pop()!
-        let list = pool.lists + Int(slot)
-        let shift = UInt64(pool.frameShift)
-        let offsetMask = UInt64(pool.frameSize - 1)
-        let limit = UInt64(pool.receiveFrameCount)
-        // Locals, so the per-frame loop does not reload them after every store.
-        let ring = rx, frames = pool.frames
+        // A slot holds a packet or more, and there is a slot per receive
+        // frame: slots never run out before frames do.
+        let head = freeSlots.pop()!
+        let list = pool.lists + Int(head)
+        // Addresses below this are receive frames.
+        let limit = UInt64(pool.receiveFrameCount) &<< UInt64(pool.frameShift)
+        // Locals, so the per-packet loop does not reload them after every store.
+        let ring = rx, lists = pool.lists
         var index = start
-        var bytes = 0
-        // Each frame's record is written whole; the previous one's `next` is
-        // then pointed at it. The first frame is the list's head.
-        var previous = noSlot
         let end = start &+ count
-        // `while` on wrapping indices: no Range<UInt32> overflow checks.
-        while index != end {
-            let descriptor = ring[index]
-            index &+= 1
-            let frameIndex = descriptor.address &>> shift
-            precondition(frameIndex < limit, "RX ring returned a frame outside the receive pool")
-            let frame = UInt32(truncatingIfNeeded: frameIndex)
-            frames[Int(frame)] = FrameRecord(
-                next: noSlot, owner: slot, offset: UInt16(truncatingIfNeeded: descriptor.address & offsetMask),
-                length: UInt16(truncatingIfNeeded: descriptor.length))
-            bytes &+= Int(descriptor.length)
-            if previous != noSlot { frames[Int(previous)].next = frame } else { list.pointee.head = frame }
-            previous = frame
+        var bytes = 0
+        var chunk = head
+        var capacity = pool.attachChunk(to: head, remaining: count, from: &freeLargeChunks)
+        var filled: UInt32 = 0
+        // The descriptors are copied as they are, a slot's run at a time.
+        while true {
+            // A slot's run, or less where the RX ring wraps (the slot then
+            // takes the rest of it on the next pass of this loop).
+            let (first, run) = ring.contiguousRun(
+                from: index, upTo: min(end &- index, capacity &- filled))
+            var packet = pool.chunk(chunk) + Int(filled)
+            for offset in 0..<Int(run) {
+                let descriptor = first[offset]
+                precondition(descriptor.address < limit, "RX ring returned a frame outside the receive pool")
+                packet.pointee = XDPDescriptor(address: descriptor.address, length: descriptor.length)
+                bytes &+= Int(descriptor.length)
+                packet += 1
+            }
+            index &+= run
+            filled &+= run
+            if filled < capacity && index != end { continue }
+            lists[Int(chunk)].chunkCount = filled
+            if index == end { break }
+            let next = freeSlots.pop()!
+            capacity = pool.attachChunk(to: next, remaining: end &- index, from: &freeLargeChunks)
+            lists[Int(chunk)].chunkNext = next
+            chunk = next
+            filled = 0
         }
+        lists[Int(chunk)].chunkNext = noSlot
         rx.release()
         framesWithKernel -= Int(count)
         counters.add(framesWithKernel: -Int(count))
-        list.pointee.tail = previous
         list.pointee.count = count
-        pool.resetHeader(slot)
+        list.pointee.unsetLengths = 0
+        list.pointee.ownersStamped = false
+        pool.resetHeader(head)
         list.pointee.lowResources = framesWithKernel + freeFrames.count < lowWatermark
         held.store(held.load(ordering: .relaxed) &+ Int(count), ordering: .relaxed)
         counters.add(packets: Int(count), bytes: bytes)
-        let generation = pool.generation(of: slot)
-        pool.setState(slot, .caller, generation: generation)
-        let indication = ReceiveIndication(port: port, list: PacketList(pool: pool, slot: slot, generation: generation))
-        HandlerScope.run(for: port) { onReceive(indication) }
+        let generation = pool.generation(of: head)
+        pool.setState(head, .caller, generation: generation)
+        let indication = ReceiveIndication(port: port, list: PacketList(pool: pool, slot: head, generation: generation))
+        HandlerScope.run(for: portIdentity) { onReceive(indication) }
         return true
     }
 
@@ -225,14 +270,27 @@ final class ReceiveContext: @unchecked Sendable {
         takeReturns(mailbox)
         while freeFrames.pop() != nil {}
         while freeSlots.pop() != nil {}
+        while freeLargeChunks.pop() != nil {}
+        // Lists still out are those whose first slot is not free; their other
+        // slots and their frames stay out with them.
         var heldFrames = [Bool](repeating: false, count: pool.receiveFrameCount)
-        for slot in 0..<pool.receiveListCount where pool.state(of: UInt32(slot)) != .free {
-            var frame = pool.lists[slot].head
-            while frame != noSlot { heldFrames[Int(frame)] = true; frame = pool.frames[Int(frame)].next }
+        var heldSlots = [Bool](repeating: false, count: pool.receiveListCount)
+        var heldLargeChunks = [Bool](repeating: false, count: pool.receiveLargeChunkCount)
+        let shift = UInt64(pool.frameShift)
+        for head in 0..<pool.receiveListCount where pool.state(of: UInt32(head)) != .free {
+            pool.forEachSlot(of: UInt32(head)) { slot in
+                heldSlots[Int(slot)] = true
+                if let large = pool.largeChunk(of: slot) { heldLargeChunks[Int(large)] = true }
+                let packets = pool.chunk(slot)
+                for index in 0..<Int(pool.lists[Int(slot)].chunkCount) {
+                    heldFrames[Int(packets[index].address &>> shift)] = true
+                }
+            }
         }
         for frame in (0..<pool.receiveFrameCount).reversed() where !heldFrames[frame] { freeFrames.push(UInt32(frame)) }
-        for slot in (0..<pool.receiveListCount).reversed() where pool.state(of: UInt32(slot)) == .free {
-            freeSlots.push(UInt32(slot))
+        for slot in (0..<pool.receiveListCount).reversed() where !heldSlots[slot] { freeSlots.push(UInt32(slot)) }
+        for chunk in (0..<pool.receiveLargeChunkCount).reversed() where !heldLargeChunks[chunk] {
+            freeLargeChunks.push(UInt32(chunk))
         }
         counters.add(framesWithKernel: -framesWithKernel)
         framesWithKernel = 0

@@ -41,9 +41,14 @@ final class SendContext: @unchecked Sendable {
     @exclusivity(unchecked) private var completedCount = 0
     let socketFD: Int32
     let kickOnlyWhenAsked: Bool
-    @exclusivity(unchecked) var onComplete: @Sendable (SendCompletions) -> Void
-    /// The port this region belongs to; set once, right after the port is made.
-    @exclusivity(unchecked) unowned(unsafe) var port: Port!
+    let onComplete: @Sendable (SendCompletions) -> Void
+    /// The port this region belongs to, and its identity for `HandlerScope`;
+    /// set once, right after the port is made (never in tests that drive a
+    /// send region alone).
+    @exclusivity(unchecked) unowned(unsafe) var port: Port? {
+        didSet { portIdentity = port.map { HandlerScope.identity(of: $0) } }
+    }
+    @exclusivity(unchecked) private var portIdentity: UnsafeRawPointer?
 
     // MARK: Counters (owner writes, anyone reads)
     let counters: SendCounters
@@ -129,7 +134,9 @@ final class SendContext: @unchecked Sendable {
         record.pointee.status = .pending
         record.pointee.placedBytes = 0
         record.pointee.placedPackets = 0
-        record.pointee.placeCursor = record.pointee.head
+        record.pointee.placeChunk = slot
+        record.pointee.placeIndex = 0
+        if !record.pointee.ownersStamped { stampOwners(slot) }
         let priority = Int(record.pointee.priority)
         if queueTails[priority] == noSlot {
             queueHeads[priority] = slot
@@ -141,6 +148,24 @@ final class SendContext: @unchecked Sendable {
         counters.add(queued: Int(record.pointee.count))
     }
 
+    /// Names the list in `frameOwner` for each of its frames, so that
+    /// completions find it. Once per list: a frame stays in its list until
+    /// the list is returned (a send list is stamped when allocated; a
+    /// received list when it is first sent).
+    private func stampOwners(_ list: UInt32) {
+        let shift = UInt64(pool.frameShift)
+        let frameCount = UInt64(pool.frameCount)
+        pool.forEachSlot(of: list) { slot in
+            let packets = pool.chunk(slot)
+            for index in 0..<Int(pool.lists[Int(slot)].chunkCount) {
+                let frame = packets[index].address &>> shift
+                precondition(frame < frameCount, "a packet's address is outside the UMEM")
+                pool.frameOwner[Int(truncatingIfNeeded: frame)] = list
+            }
+        }
+        pool.lists[Int(list)].ownersStamped = true
+    }
+
     /// Pause or close: nothing more goes into the TX ring. Every queued list
     /// joins the in-flight FIFO with `status`, behind the lists sent before
     /// it, so completion order stays the caller's.
@@ -150,12 +175,12 @@ final class SendContext: @unchecked Sendable {
             while slot != noSlot {
                 let record = pool.lists + Int(slot)
                 let next = record.pointee.next
-                var unplaced = 0
-                var frame = record.pointee.placeCursor
-                while frame != noSlot { unplaced += 1; frame = pool.frames[Int(frame)].next }
+                // Packets are placed in order: those from placedPackets on are not.
+                let unplaced = record.pointee.placeChunk == noSlot
+                    ? 0 : Int(record.pointee.count &- record.pointee.placedPackets)
                 counters.add(queued: -unplaced)
                 queuedFrames -= UInt32(unplaced)
-                record.pointee.placeCursor = noSlot
+                record.pointee.placeChunk = noSlot
                 record.pointee.status = status
                 if !record.pointee.inFlight { appendInFlight(slot) }
                 slot = next
@@ -185,37 +210,46 @@ final class SendContext: @unchecked Sendable {
         let (start, granted) = tx.reserve(upTo: budget)
         budget = granted
         var index = start
-        let shift = UInt64(pool.frameShift)
-        // Locals, so the per-frame loop does not reload them after every store
+        // Locals, so the per-packet loop does not reload them after every store
         // (the compiler cannot tell that the stores leave them alone).
         let ring = tx
-        let frames = pool.frames
+        let lists = pool.lists
         for priority in (0..<8).reversed() where budget > 0 {
             while budget > 0, queueHeads[priority] != noSlot {
                 let slot = queueHeads[priority]
-                let record = pool.lists + Int(slot)
+                let record = lists + Int(slot)
                 if !record.pointee.inFlight { appendInFlight(slot) }
-                var frame = record.pointee.placeCursor
+                var chunk = record.pointee.placeChunk
+                var at = record.pointee.placeIndex
                 var bytes: UInt32 = 0
                 var placed: UInt32 = 0
-                // A frame's `owner` is its list's slot from allocation (or
-                // indication) until it is returned: completions map back by it.
-                while frame != noSlot, placed < budget {
-                    let frameRecord = frames + Int(frame)
-                    let length = UInt32(frameRecord.pointee.length)
-                    ring[index &+ placed] = XDPDescriptor(
-                        address: UInt64(frame) &<< shift | UInt64(frameRecord.pointee.offset), length: length)
-                    placed &+= 1
-                    bytes &+= length
-                    frame = frameRecord.pointee.next
+                // Packets are already in the TX ring's format: copied a slot's run at a time.
+                while chunk != noSlot, placed < budget {
+                    let chunkCount = lists[Int(chunk)].chunkCount
+                    var source = pool.chunk(chunk) + Int(at)
+                    let (destination, run) = ring.contiguousRun(
+                        from: index &+ placed, upTo: min(chunkCount &- at, budget &- placed))
+                    for offset in 0..<Int(run) {
+                        let descriptor = source.pointee
+                        destination[offset] = descriptor
+                        bytes &+= descriptor.length
+                        source += 1
+                    }
+                    placed &+= run
+                    at &+= run
+                    if at == chunkCount {
+                        chunk = lists[Int(chunk)].chunkNext
+                        at = 0
+                    }
                 }
                 index &+= placed
                 budget -= placed
                 record.pointee.outstanding += placed
                 record.pointee.placedPackets &+= placed
                 record.pointee.placedBytes &+= bytes
-                record.pointee.placeCursor = frame
-                if frame == noSlot {
+                record.pointee.placeChunk = chunk
+                record.pointee.placeIndex = at
+                if chunk == noSlot {
                     queueHeads[priority] = record.pointee.next
                     if queueHeads[priority] == noSlot { queueTails[priority] = noSlot }
                 }
@@ -259,7 +293,7 @@ final class SendContext: @unchecked Sendable {
     }
 
     /// Reads the completion ring: each address names a frame, each frame
-    /// names its list; a list is done when none of its frames is out.
+    /// names its list (`frameOwner`); a list is done when none of its frames is out.
     /// Consecutive completions mostly belong to one list, so they are counted
     /// in runs and each run is subtracted once.
     private func reapCompletions() -> Bool {
@@ -267,27 +301,33 @@ final class SendContext: @unchecked Sendable {
         guard count > 0 else { return false }
         let shift = UInt64(pool.frameShift)
         let frameCount = UInt64(pool.frameCount)
-        let ring = completion, frames = pool.frames
-        var index = start
-        let end = start &+ count
+        let owners = pool.frameOwner, lists = pool.lists
         var runOwner = noSlot
         var runLength: UInt32 = 0
-        // `while` on wrapping indices: a Range<UInt32> loop carries overflow
-        // checks that callgrind counted at half this loop's cost.
-        while index != end {
-            let frame = ring[index] &>> shift
-            index &+= 1
-            precondition(frame < frameCount, "completion ring returned an address outside the UMEM")
-            let owner = frames[Int(truncatingIfNeeded: frame)].owner
-            if owner == runOwner {
-                runLength &+= 1
-            } else {
-                if runLength > 0 { pool.lists[Int(runOwner)].outstanding -= runLength }
-                runOwner = owner
-                runLength = 1
+        var index = start
+        var remaining = count
+        // At most two pieces: up to the ring's end, then from its start.
+        while remaining > 0 {
+            let (first, length) = completion.contiguousRun(from: index, upTo: remaining)
+            var address = first
+            let end = first + Int(length)
+            while address != end {
+                let frame = address.pointee &>> shift
+                precondition(frame < frameCount, "completion ring returned an address outside the UMEM")
+                let owner = owners[Int(truncatingIfNeeded: frame)]
+                if owner == runOwner {
+                    runLength &+= 1
+                } else {
+                    if runLength > 0 { lists[Int(runOwner)].outstanding -= runLength }
+                    runOwner = owner
+                    runLength = 1
+                }
+                address += 1
             }
+            index &+= length
+            remaining &-= length
         }
-        pool.lists[Int(runOwner)].outstanding -= runLength
+        lists[Int(runOwner)].outstanding -= runLength
         completion.release()
         framesInFlight &-= count
         return true
@@ -300,7 +340,7 @@ final class SendContext: @unchecked Sendable {
         while inFlightHead != noSlot {
             let slot = inFlightHead
             let record = pool.lists + Int(slot)
-            guard record.pointee.outstanding == 0, record.pointee.placeCursor == noSlot else { break }
+            guard record.pointee.outstanding == 0, record.pointee.placeChunk == noSlot else { break }
             inFlightHead = inFlightNext[Int(slot)]
             if inFlightHead == noSlot { inFlightTail = noSlot }
             record.pointee.inFlight = false
@@ -324,7 +364,7 @@ final class SendContext: @unchecked Sendable {
         let batch = SendCompletions(port: port, lists: UnsafeBufferPointer(start: completedBatch, count: completedCount))
         counters.add(completedLists: completedCount)
         completedCount = 0
-        if let port { HandlerScope.run(for: port) { onComplete(batch) } } else { onComplete(batch) }
+        HandlerScope.run(for: portIdentity) { onComplete(batch) }
     }
 
     /// Close, once the socket is gone: every list still queued, in flight or
@@ -351,8 +391,17 @@ final class SendContext: @unchecked Sendable {
 /// the completion handler call: copy the handles out if you keep them.
 public struct SendCompletions: RandomAccessCollection {
     /// The port that completed them (nil only in tests that drive a send region alone).
-    public let port: Port!
+    public var port: Port! { completingPort }
+    // unowned(unsafe): valid for the handler call only, while the port runs
+    // it; a strong reference would cost a retain and a release per batch.
+    @usableFromInline unowned(unsafe) let completingPort: Port?
     public let lists: UnsafeBufferPointer<PacketList>
+
+    init(port: Port?, lists: UnsafeBufferPointer<PacketList>) {
+        completingPort = port
+        self.lists = lists
+    }
+
     public var startIndex: Int { 0 }
     public var endIndex: Int { lists.count }
     public subscript(position: Int) -> PacketList { lists[position] }

@@ -1,4 +1,5 @@
 import Atomics
+import CAFXDP
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -149,23 +150,23 @@ final class RegionDoorbell: @unchecked Sendable {
 /// from the handler that waits for that side (close, pause, poolStatus)
 /// would wait for ever: it traps with an explanation instead.
 enum HandlerScope {
-    private static let key: pthread_key_t = {
-        var key = pthread_key_t()
-        Swift.precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create failed")
-        return key
-    }()
-
+    /// `port` is the port's identity (`identity(of:)`), taken once, so
+    /// that the hot path does not retain the port to compute it.
     @inline(__always)
-    static func run(for port: AnyObject, _ body: () -> Void) {
-        let previous = pthread_getspecific(key)
-        pthread_setspecific(key, Unmanaged.passUnretained(port).toOpaque())
+    static func run(for port: UnsafeRawPointer?, _ body: () -> Void) {
+        let previous = cafxdp_handler_scope_get()
+        cafxdp_handler_scope_set(port)
         body()
-        pthread_setspecific(key, previous)
+        cafxdp_handler_scope_set(previous)
+    }
+
+    static func identity(of port: AnyObject) -> UnsafeRawPointer {
+        UnsafeRawPointer(Unmanaged.passUnretained(port).toOpaque())
     }
 
     static func precondition(notInsideHandlerOf port: AnyObject, _ call: String) {
         Swift.precondition(
-            pthread_getspecific(key) != Unmanaged.passUnretained(port).toOpaque(),
+            cafxdp_handler_scope_get() != identity(of: port),
             "\(call) was called from this port's own receive or completion handler, where it would wait for ever "
                 + "(the handler's side of the port is owned by its caller): call it from another thread")
     }

@@ -1,3 +1,5 @@
+import AFXDPRings
+
 /// A NET_BUFFER_LIST: a handle to a list of packets, each one UMEM frame.
 ///
 /// A list is the unit of send and of completion: `Port.send` takes one and
@@ -72,35 +74,49 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The packets, in order.
-    @inlinable public var packets: Packets { Packets(pool: pool, head: record.pointee.head, count: Int(record.pointee.count)) }
+    @inlinable public var packets: Packets { Packets(pool: pool, list: slot, count: Int(record.pointee.count)) }
 
     /// Total bytes of all packets.
     public var byteCount: Int { packets.reduce(0) { $0 + $1.length } }
 
-    /// The packets of a list, as a sequence (walks the frame chain).
+    /// The packets of a list, as a sequence (walks the list's slots).
     public struct Packets: Sequence {
         @usableFromInline unowned(unsafe) let pool: PacketPool
-        @usableFromInline let head: UInt32
+        @usableFromInline let list: UInt32
         public let count: Int
-        @inlinable init(pool: PacketPool, head: UInt32, count: Int) {
+        @inlinable init(pool: PacketPool, list: UInt32, count: Int) {
             self.pool = pool
-            self.head = head
+            self.list = list
             self.count = count
         }
         @inlinable public var underestimatedCount: Int { count }
-        @inlinable public func makeIterator() -> Iterator { Iterator(pool: pool, frame: head) }
+        @inlinable public func makeIterator() -> Iterator { Iterator(pool: pool, list: list) }
 
         public struct Iterator: IteratorProtocol {
             @usableFromInline unowned(unsafe) let pool: PacketPool
-            @usableFromInline var frame: UInt32
-            @inlinable init(pool: PacketPool, frame: UInt32) {
+            @usableFromInline let list: UInt32
+            /// The next packet, while `remaining` packets are left in this slot.
+            @usableFromInline var entry: UnsafeMutablePointer<XDPDescriptor>
+            @usableFromInline var remaining: UInt32
+            /// The slot after this one, or `noSlot`.
+            @usableFromInline var nextSlot: UInt32
+            @inlinable init(pool: PacketPool, list: UInt32) {
                 self.pool = pool
-                self.frame = frame
+                self.list = list
+                entry = pool.chunk(list)
+                remaining = 0
+                nextSlot = list
             }
-            @inlinable public mutating func next() -> Packet? {
-                guard frame != noSlot else { return nil }
-                let packet = Packet(pool: pool, frame: frame)
-                frame = pool.frames[Int(frame)].next
+            @inlinable @inline(__always) public mutating func next() -> Packet? {
+                if remaining == 0 {
+                    guard nextSlot != noSlot else { return nil }
+                    entry = pool.chunk(nextSlot)
+                    remaining = pool.lists[Int(nextSlot)].chunkCount
+                    nextSlot = pool.lists[Int(nextSlot)].chunkNext
+                }
+                remaining &-= 1
+                let packet = Packet(pool: pool, entry: entry, list: list)
+                entry += 1
                 return packet
             }
         }
@@ -111,40 +127,45 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
 /// do not keep the pointers past the time the list is yours.
 public struct Packet {
     @usableFromInline unowned(unsafe) let pool: PacketPool
-    /// The frame's index in the UMEM.
-    public let frame: UInt32
+    /// The packet's descriptor in its list's slot.
+    @usableFromInline let entry: UnsafeMutablePointer<XDPDescriptor>
+    /// The first slot of the packet's list.
+    @usableFromInline let list: UInt32
 
-    @inlinable init(pool: PacketPool, frame: UInt32) {
+    @inlinable init(pool: PacketPool, entry: UnsafeMutablePointer<XDPDescriptor>, list: UInt32) {
         self.pool = pool
-        self.frame = frame
+        self.entry = entry
+        self.list = list
     }
 
+    /// The frame's index in the UMEM.
+    @inlinable public var frame: UInt32 { UInt32(truncatingIfNeeded: entry.pointee.address &>> UInt64(pool.frameShift)) }
+
     /// Length of the packet in bytes.
-    @inlinable public var length: Int { Int(pool.frames[Int(frame)].length) }
+    @inlinable public var length: Int { Int(entry.pointee.length) }
 
     /// The frame's byte offset in the UMEM (the address the rings carry, minus the data offset).
-    @inlinable public var frameAddress: UInt64 { UInt64(frame) &<< UInt64(pool.frameShift) }
+    @inlinable public var frameAddress: UInt64 { entry.pointee.address & ~pool.offsetMask }
 
     /// The packet's bytes (`length` of them).
     @inlinable public var bytes: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: pool.data(ofFrame: frame), count: length)
+        UnsafeMutableRawBufferPointer(start: pool.umem + Int(entry.pointee.address), count: length)
     }
 
     /// The whole room a packet may use in this frame, for writing before `setLength`.
     @inlinable public var buffer: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: pool.data(ofFrame: frame), count: capacity)
+        UnsafeMutableRawBufferPointer(start: pool.umem + Int(entry.pointee.address), count: capacity)
     }
 
     /// The most bytes this frame can hold from the packet's start.
-    @inlinable public var capacity: Int { pool.frameSize - Int(pool.frames[Int(frame)].offset) }
+    @inlinable public var capacity: Int { pool.frameSize &- Int(entry.pointee.address & pool.offsetMask) }
 
     /// Sets the packet's length; it must be 1...capacity.
     @inlinable @inline(__always)
     public func setLength(_ length: Int) throws(AFXDPError) {
         guard length > 0 else { throw .emptyFrame }
         guard length <= capacity else { throw .frameTooLarge(length: length, maximum: capacity) }
-        let record = pool.frames + Int(frame)
-        if record.pointee.length == 0 { pool.lists[Int(record.pointee.owner)].unsetLengths -= 1 }
-        record.pointee.length = UInt16(length)
+        if entry.pointee.length == 0 { pool.lists[Int(list)].unsetLengths -= 1 }
+        entry.pointee.length = UInt32(truncatingIfNeeded: length)
     }
 }

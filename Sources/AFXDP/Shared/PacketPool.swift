@@ -1,37 +1,36 @@
 import AFXDPRings
 import Atomics
 
-/// What the engine knows of one UMEM frame. A packet *is* a frame: frames
-/// chain into lists through `next`, so nothing is allocated per packet.
-///
-/// Ownership: whoever owns the list the frame is in (the caller, the send
-/// region or the receive region) is the only one touching its record.
-@usableFromInline
-struct FrameRecord {
-    /// Next frame of the same list, or `noSlot`.
-    @usableFromInline var next: UInt32
-    /// The list slot this frame belongs to while it is in flight on TX.
-    @usableFromInline var owner: UInt32
-    /// Where the packet starts inside the frame.
-    @usableFromInline var offset: UInt16
-    /// Packet length in bytes.
-    @usableFromInline var length: UInt16
-}
-
-/// Per-list bookkeeping, the engine's NET_BUFFER_LIST header.
+/// A list slot: the header of a list (the engine's NET_BUFFER_LIST; valid
+/// on the list's first slot) and one chunk of packets: its own few
+/// (`PacketPool.inlineCapacity`), or a large chunk (`largeChunkCapacity`)
+/// lent to it while the list lives. A longer list chains more slots through
+/// `chunkNext`. A packet is an `XDPDescriptor` in its chunk, in the rings'
+/// own format, so receiving, returning and sending copy descriptors between
+/// chunks and rings in runs instead of following one link per frame; nothing
+/// is allocated per packet.
 ///
 /// Ownership: the party that owns the list (see `ListState`) is the only one
-/// touching it; hand-over happens through the atomic state word and the
-/// region mailboxes, which order the accesses.
+/// touching its slots; hand-over happens through the atomic state word and
+/// the region mailboxes, which order the accesses.
 @usableFromInline
 struct ListRecord {
-    @usableFromInline var head: UInt32
-    @usableFromInline var tail: UInt32
+    // MARK: Every slot of a list
+    /// Where this slot's packets are in `PacketPool.entries`: its inline
+    /// chunk, or a large chunk (at or past `PacketPool.inlineEntryCount`).
+    @usableFromInline var chunkBase: UInt32
+    /// The list's next slot, or `noSlot`.
+    @usableFromInline var chunkNext: UInt32
+    /// Packets in this slot's chunk.
+    @usableFromInline var chunkCount: UInt32
+    // MARK: The list's first slot only
     @usableFromInline var count: UInt32
     /// Next list in whatever queue or mailbox the list is in.
     @usableFromInline var next: UInt32
-    /// Send side: the next frame to place into the TX ring (`noSlot` once all are placed).
-    @usableFromInline var placeCursor: UInt32
+    /// Send side: the slot and index of the next packet to place into the TX
+    /// ring (`placeChunk` is `noSlot` once all are placed).
+    @usableFromInline var placeChunk: UInt32
+    @usableFromInline var placeIndex: UInt32
     /// Send side: frames placed in the TX ring whose completion has not come back.
     @usableFromInline var outstanding: UInt32
     /// Send side: bytes of the frames placed so far (counted while placing).
@@ -47,6 +46,10 @@ struct ListRecord {
     /// Send side: whether the list is already in the in-flight FIFO.
     @usableFromInline var inFlight: Bool
     @usableFromInline var lowResources: Bool
+    /// Whether `PacketPool.frameOwner` names this list for each of its
+    /// frames: set when a send list is allocated, or when a received list is
+    /// first sent. A frame stays in one list until the list is returned.
+    @usableFromInline var ownersStamped: Bool
 }
 
 /// How a send ended, set on each list when it is completed.
@@ -89,13 +92,19 @@ enum Home {
     case send
 }
 
-/// The pools of a port: UMEM frames and list descriptors, made once at open.
+/// The pools of a port: UMEM frames, list slots and large chunks, made once
+/// at open.
 ///
 /// Layout: frames `0..<receiveFrameCount` feed the fill ring; the rest are
-/// handed out for sends. List slots are split the same way. Returning a list
-/// sends its frames home: receive frames go back to the fill ring through the
-/// receive region's mailbox; send frames go back to the send free stacks,
-/// which are in the shared region under its lock.
+/// handed out for sends. List slots are split the same way, one per frame:
+/// every slot in use holds at least one packet, so a side never runs out of
+/// slots before it runs out of frames. Large chunks (one per 32 frames, split
+/// the same way) let long lists sit in a few runs of 64 packets; when a side
+/// has none left, its lists chain inline chunks instead, which is slower but
+/// never fails. Returning a list sends its frames
+/// home: receive frames go back to the fill ring through the receive
+/// region's mailbox; send frames go back to the send free stacks, which are
+/// in the shared region under its lock.
 public final class PacketPool: @unchecked Sendable {
     // @unchecked: the tables are partitioned by list ownership (see ListRecord);
     // the send free stacks are guarded by `sharedLock`.
@@ -108,14 +117,33 @@ public final class PacketPool: @unchecked Sendable {
     /// log2(frameSize): 11 or 12. Hot loops shift by it with `&<<`/`&>>`,
     /// which skip the over-width check a plain `<<` pays on every use.
     @usableFromInline let frameShift: UInt32
+    /// frameSize - 1: a descriptor address's offset inside its frame.
+    @usableFromInline let offsetMask: UInt64
     public let frameSize: Int
     public let frameCount: Int
     public let receiveFrameCount: Int
     /// Bytes reserved at the start of each send frame before the packet.
     public let sendHeadroom: Int
-    @usableFromInline let frames: UnsafeMutablePointer<FrameRecord>
+    /// Packets a slot holds itself.
+    @usableFromInline static let inlineCapacity: UInt32 = 4
+    /// Packets in a large chunk.
+    @usableFromInline static let largeChunkCapacity: UInt32 = 64
+    /// Frames per large chunk made: lists of this many packets or more never run out of them.
+    static let framesPerLargeChunk = 32
     @usableFromInline let lists: UnsafeMutablePointer<ListRecord>
+    /// Every chunk's packets: the slots' inline chunks (`inlineCapacity`
+    /// each, slot order), then the large chunks. A slot's are
+    /// `entries[chunkBase ..< chunkBase + chunkCount]`.
+    @usableFromInline let entries: UnsafeMutablePointer<XDPDescriptor>
+    /// Entries of the inline chunks; large chunks start here.
+    @usableFromInline let inlineEntryCount: UInt32
+    let largeChunkCount: Int
+    /// Large chunks `0..<receiveLargeChunkCount` serve receive lists, the rest send lists.
+    let receiveLargeChunkCount: Int
     @usableFromInline let listWords: UnsafeMutablePointer<UInt64.AtomicRepresentation>
+    /// For each frame in flight on TX: the first slot of its list, so that a
+    /// completion finds its list. Written by whoever owns the frame's list.
+    @usableFromInline let frameOwner: UnsafeMutablePointer<UInt32>
     let listCount: Int
     let receiveListCount: Int
     /// Bytes of caller context per list (for stacked layers).
@@ -126,6 +154,7 @@ public final class PacketPool: @unchecked Sendable {
     let sharedLock = PThreadLock()
     @exclusivity(unchecked) private var sendFreeFrames: IndexStack
     @exclusivity(unchecked) private var sendFreeLists: IndexStack
+    @exclusivity(unchecked) private var sendFreeLargeChunks: IndexStack
 
     /// The largest packet a send frame holds.
     public var maximumSendLength: Int { frameSize - sendHeadroom }
@@ -138,22 +167,32 @@ public final class PacketPool: @unchecked Sendable {
         self.umemOwner = umemOwner
         self.frameSize = frameSize
         self.frameShift = UInt32(frameSize.trailingZeroBitCount)
+        self.offsetMask = UInt64(frameSize - 1)
         self.frameCount = frameCount
         self.receiveFrameCount = receiveFrameCount
         self.sendHeadroom = sendHeadroom
-        // Every list holds at least one frame, so one slot per frame is enough.
         listCount = frameCount
         receiveListCount = receiveFrameCount
-        frames = .allocate(capacity: frameCount)
-        frames.initialize(repeating: FrameRecord(next: noSlot, owner: noSlot, offset: 0, length: 0), count: frameCount)
         lists = .allocate(capacity: listCount)
         lists.initialize(
             repeating: ListRecord(
-                head: noSlot, tail: noSlot, count: 0, next: noSlot, placeCursor: noSlot, outstanding: 0,
-                placedBytes: 0, placedPackets: 0, unsetLengths: 0, status: .pending, priority: 0, inFlight: false, lowResources: false),
+                chunkBase: 0, chunkNext: noSlot, chunkCount: 0, count: 0, next: noSlot, placeChunk: noSlot, placeIndex: 0,
+                outstanding: 0, placedBytes: 0, placedPackets: 0, unsetLengths: 0, status: .pending, priority: 0,
+                inFlight: false, lowResources: false, ownersStamped: false),
             count: listCount)
+        for slot in 0..<listCount { lists[slot].chunkBase = UInt32(slot) * Self.inlineCapacity }
+        let sendFrameCount = frameCount - receiveFrameCount
+        receiveLargeChunkCount = (receiveFrameCount + Self.framesPerLargeChunk - 1) / Self.framesPerLargeChunk
+        largeChunkCount =
+            receiveLargeChunkCount + (sendFrameCount + Self.framesPerLargeChunk - 1) / Self.framesPerLargeChunk
+        inlineEntryCount = UInt32(listCount) * Self.inlineCapacity
+        let entryCount = Int(inlineEntryCount) + largeChunkCount * Int(Self.largeChunkCapacity)
+        entries = .allocate(capacity: entryCount)
+        entries.initialize(repeating: XDPDescriptor(address: 0, length: 0), count: entryCount)
         listWords = .allocate(capacity: listCount)
         listWords.initialize(repeating: .init(0), count: listCount)
+        frameOwner = .allocate(capacity: frameCount)
+        frameOwner.initialize(repeating: noSlot, count: frameCount)
         contextAreas = .allocate(byteCount: listCount * Self.contextAreaSize, alignment: 64)
         contextAreas.initializeMemory(as: UInt8.self, repeating: 0, count: listCount * Self.contextAreaSize)
         sendFreeFrames = IndexStack(capacity: frameCount - receiveFrameCount)
@@ -161,15 +200,19 @@ public final class PacketPool: @unchecked Sendable {
         // Pushed in reverse so that the lowest frames are handed out first.
         for frame in (receiveFrameCount..<frameCount).reversed() { sendFreeFrames.push(UInt32(frame)) }
         for slot in (receiveListCount..<listCount).reversed() { sendFreeLists.push(UInt32(slot)) }
+        sendFreeLargeChunks = IndexStack(capacity: largeChunkCount - receiveLargeChunkCount)
+        for chunk in (receiveLargeChunkCount..<largeChunkCount).reversed() { sendFreeLargeChunks.push(UInt32(chunk)) }
     }
 
     deinit {
-        frames.deallocate()
         lists.deallocate()
+        entries.deallocate()
         listWords.deallocate()
+        frameOwner.deallocate()
         contextAreas.deallocate()
         sendFreeFrames.deallocate()
         sendFreeLists.deallocate()
+        sendFreeLargeChunks.deallocate()
     }
 
     // MARK: List state word: generation << 32 | state
@@ -221,6 +264,43 @@ public final class PacketPool: @unchecked Sendable {
             && ListState(rawValue: UInt32(truncatingIfNeeded: word(list.slot).load(ordering: .acquiring))) != .free
     }
 
+    /// The first packet of slot `slot`'s chunk.
+    @inlinable @inline(__always)
+    func chunk(_ slot: UInt32) -> UnsafeMutablePointer<XDPDescriptor> {
+        entries + Int(lists[Int(slot)].chunkBase)
+    }
+
+    /// Gives `slot` the storage for the next `remaining` packets of a list
+    /// being built: a large chunk from `largeChunks` if more than fit inline
+    /// and one is free, else its inline chunk. Returns its capacity.
+    @inline(__always)
+    func attachChunk(to slot: UInt32, remaining: UInt32, from largeChunks: inout IndexStack) -> UInt32 {
+        if remaining > Self.inlineCapacity, let large = largeChunks.pop() {
+            lists[Int(slot)].chunkBase = inlineEntryCount &+ large &* Self.largeChunkCapacity
+            return Self.largeChunkCapacity
+        }
+        lists[Int(slot)].chunkBase = slot &* Self.inlineCapacity
+        return Self.inlineCapacity
+    }
+
+    /// The large chunk `slot` holds, if any.
+    @inline(__always)
+    func largeChunk(of slot: UInt32) -> UInt32? {
+        let base = lists[Int(slot)].chunkBase
+        return base >= inlineEntryCount ? (base &- inlineEntryCount) / Self.largeChunkCapacity : nil
+    }
+
+    /// Calls `body` with each slot of the list that starts at `head`, in order.
+    @inline(__always)
+    func forEachSlot(of head: UInt32, _ body: (UInt32) -> Void) {
+        var slot = head
+        while slot != noSlot {
+            let next = lists[Int(slot)].chunkNext
+            body(slot)
+            slot = next
+        }
+    }
+
     // MARK: Send pool (shared region)
 
     /// Takes a list of `packetCount` frames from the send pool, each empty
@@ -228,22 +308,37 @@ public final class PacketPool: @unchecked Sendable {
     /// frames left: wait for completions and return completed lists.
     func allocate(packetCount: Int) -> PacketList? {
         precondition(packetCount > 0, "a list holds at least one packet")
+        let headroom = UInt64(sendHeadroom)
+        let shift = UInt64(frameShift)
         let slot: UInt32? = sharedLock.withLock {
-            guard sendFreeFrames.count >= packetCount, let slot = sendFreeLists.pop() else { return nil }
-            var previous = noSlot
-            for _ in 0..<packetCount {
-                let frame = sendFreeFrames.pop()!
-                frames[Int(frame)] = FrameRecord(next: noSlot, owner: slot, offset: UInt16(sendHeadroom), length: 0)
-                if previous == noSlot { lists[Int(slot)].head = frame } else { frames[Int(previous)].next = frame }
-                previous = frame
+            // Each slot in use holds a frame or more: enough frames means enough slots.
+            guard sendFreeFrames.count >= packetCount, let head = sendFreeLists.pop() else { return nil }
+            var remaining = UInt32(packetCount)
+            var slot = head
+            while true {
+                let capacity = attachChunk(to: slot, remaining: remaining, from: &sendFreeLargeChunks)
+                let take = min(remaining, capacity)
+                let packets = chunk(slot)
+                for index in 0..<Int(take) {
+                    let frame = sendFreeFrames.pop()!
+                    packets[index] = XDPDescriptor(address: UInt64(frame) &<< shift | headroom, length: 0)
+                    frameOwner[Int(frame)] = head
+                }
+                lists[Int(slot)].chunkCount = take
+                remaining -= take
+                if remaining == 0 { break }
+                let next = sendFreeLists.pop()!
+                lists[Int(slot)].chunkNext = next
+                slot = next
             }
-            lists[Int(slot)].tail = previous
-            lists[Int(slot)].count = UInt32(packetCount)
-            lists[Int(slot)].unsetLengths = UInt32(packetCount)
-            return slot
+            lists[Int(slot)].chunkNext = noSlot
+            lists[Int(head)].count = UInt32(packetCount)
+            lists[Int(head)].unsetLengths = UInt32(packetCount)
+            return head
         }
         guard let slot else { return nil }
         resetHeader(slot)
+        lists[Int(slot)].ownersStamped = true
         setState(slot, .caller, generation: generation(of: slot))
         return handle(slot)
     }
@@ -253,7 +348,9 @@ public final class PacketPool: @unchecked Sendable {
         lists[Int(slot)].priority = 0
         lists[Int(slot)].inFlight = false
         lists[Int(slot)].outstanding = 0
-        lists[Int(slot)].placeCursor = noSlot
+        lists[Int(slot)].placeChunk = noSlot
+        lists[Int(slot)].placeIndex = 0
+        lists[Int(slot)].placedPackets = 0
         lists[Int(slot)].next = noSlot
         lists[Int(slot)].lowResources = false
     }
@@ -261,28 +358,25 @@ public final class PacketPool: @unchecked Sendable {
     /// Gives a send-home list and its frames back to the send pool. The list
     /// state was already moved to `.free` (and its generation bumped).
     func releaseToSendPool(_ slot: UInt32) {
+        let shift = UInt64(frameShift)
         sharedLock.withLock {
-            var frame = lists[Int(slot)].head
-            while frame != noSlot {
-                let next = frames[Int(frame)].next
-                sendFreeFrames.push(frame)
-                frame = next
+            forEachSlot(of: slot) { slot in
+                let packets = chunk(slot)
+                for index in 0..<Int(lists[Int(slot)].chunkCount) {
+                    sendFreeFrames.push(UInt32(truncatingIfNeeded: packets[index].address &>> shift))
+                }
+                if let large = largeChunk(of: slot) { sendFreeLargeChunks.push(large) }
+                sendFreeLists.push(slot)
             }
-            sendFreeLists.push(slot)
         }
     }
 
-    /// Frames and list slots in the send pool right now.
-    var sendPoolCounts: (frames: Int, lists: Int) {
-        sharedLock.withLock { (sendFreeFrames.count, sendFreeLists.count) }
+    /// Frames, list slots and large chunks in the send pool right now.
+    var sendPoolCounts: (frames: Int, lists: Int, largeChunks: Int) {
+        sharedLock.withLock { (sendFreeFrames.count, sendFreeLists.count, sendFreeLargeChunks.count) }
     }
 
     func state(of slot: UInt32) -> ListState {
         ListState(rawValue: UInt32(truncatingIfNeeded: word(slot).load(ordering: .acquiring)))!
-    }
-
-    @inlinable @inline(__always)
-    func data(ofFrame frame: UInt32) -> UnsafeMutableRawPointer {
-        umem + (Int(frame) &<< Int(frameShift)) + Int(frames[Int(frame)].offset)
     }
 }

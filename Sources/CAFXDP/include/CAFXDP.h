@@ -80,4 +80,16 @@ int cafxdp_statistics(int fd, struct xdp_statistics *out);
 // thread into the network namespace `fd` refers to. Returns 0 or -errno.
 int cafxdp_enter_network_namespace(int fd);
 
+// --- Handler scope ----------------------------------------------------------
+
+// Which port's handler this thread is running (see Swift's HandlerScope).
+// Why here: Swift has no thread-local variables of its own, and
+// pthread_getspecific / pthread_setspecific are a library call each, paid
+// twice per handler call on the hot path; a C thread-local is a plain load
+// and store.
+extern __thread const void *cafxdp_handler_scope;
+
+static inline const void *cafxdp_handler_scope_get(void) { return cafxdp_handler_scope; }
+static inline void cafxdp_handler_scope_set(const void *port) { cafxdp_handler_scope = port; }
+
 #endif
