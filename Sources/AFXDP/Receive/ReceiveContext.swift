@@ -226,13 +226,13 @@ final class ReceiveContext: @unchecked Sendable {
             // takes the rest of it on the next pass of this loop).
             let (first, run) = ring.contiguousRun(
                 from: index, upTo: min(end &- index, capacity &- filled))
-            var packet = pool.chunk(chunk) + Int(filled)
+            // Copied whole (options included: see SendContext.stampOwners),
+            // then checked and counted where they now are.
+            let packets = pool.chunk(chunk) + Int(filled)
+            packets.update(from: first, count: Int(run))
             for offset in 0..<Int(run) {
-                let descriptor = first[offset]
-                precondition(descriptor.address < limit, "RX ring returned a frame outside the receive pool")
-                packet.pointee = XDPDescriptor(address: descriptor.address, length: descriptor.length)
-                bytes &+= Int(descriptor.length)
-                packet += 1
+                precondition(packets[offset].address < limit, "RX ring returned a frame outside the receive pool")
+                bytes &+= Int(truncatingIfNeeded: packets[offset].length)
             }
             index &+= run
             filled &+= run

@@ -25,6 +25,9 @@ final class SendContext: @unchecked Sendable {
     /// (head, tail), linked through `ListRecord.next`.
     private let queueHeads: UnsafeMutablePointer<UInt32>
     private let queueTails: UnsafeMutablePointer<UInt32>
+    /// Bit p set while priority p's queue is not empty: a pass finds the
+    /// queues with work without looking at all eight.
+    @exclusivity(unchecked) private var queuedPriorities: UInt8 = 0
     /// Lists with frames in the TX ring, in the order their first frame was
     /// placed: completions are delivered from its head, so they come back in
     /// the caller's order within a priority. Linked through `inFlightNext`.
@@ -140,6 +143,7 @@ final class SendContext: @unchecked Sendable {
         let priority = Int(record.pointee.priority)
         if queueTails[priority] == noSlot {
             queueHeads[priority] = slot
+            queuedPriorities |= 1 << priority
         } else {
             pool.lists[Int(queueTails[priority])].next = slot
         }
@@ -160,6 +164,10 @@ final class SendContext: @unchecked Sendable {
             for index in 0..<Int(pool.lists[Int(slot)].chunkCount) {
                 let frame = packets[index].address &>> shift
                 precondition(frame < frameCount, "a packet's address is outside the UMEM")
+                // Received descriptors are kept as the kernel wrote them; their
+                // options are 0 without multi-buffer (XDP_USE_SG, never set
+                // here), and a TX descriptor with other bits would be refused.
+                precondition(packets[index].options == 0, "a received descriptor carries options: multi-buffer is not supported")
                 pool.frameOwner[Int(truncatingIfNeeded: frame)] = list
             }
         }
@@ -188,6 +196,7 @@ final class SendContext: @unchecked Sendable {
             queueHeads[priority] = noSlot
             queueTails[priority] = noSlot
         }
+        queuedPriorities = 0
     }
 
     private func appendInFlight(_ slot: UInt32) {
@@ -214,7 +223,9 @@ final class SendContext: @unchecked Sendable {
         // (the compiler cannot tell that the stores leave them alone).
         let ring = tx
         let lists = pool.lists
-        for priority in (0..<8).reversed() where budget > 0 {
+        // Highest priority first.
+        while budget > 0, queuedPriorities != 0 {
+            let priority = 7 &- queuedPriorities.leadingZeroBitCount
             while budget > 0, queueHeads[priority] != noSlot {
                 let slot = queueHeads[priority]
                 let record = lists + Int(slot)
@@ -226,15 +237,11 @@ final class SendContext: @unchecked Sendable {
                 // Packets are already in the TX ring's format: copied a slot's run at a time.
                 while chunk != noSlot, placed < budget {
                     let chunkCount = lists[Int(chunk)].chunkCount
-                    var source = pool.chunk(chunk) + Int(at)
+                    let source = pool.chunk(chunk) + Int(at)
                     let (destination, run) = ring.contiguousRun(
                         from: index &+ placed, upTo: min(chunkCount &- at, budget &- placed))
-                    for offset in 0..<Int(run) {
-                        let descriptor = source.pointee
-                        destination[offset] = descriptor
-                        bytes &+= descriptor.length
-                        source += 1
-                    }
+                    destination.update(from: source, count: Int(run))
+                    for offset in 0..<Int(run) { bytes &+= source[offset].length }
                     placed &+= run
                     at &+= run
                     if at == chunkCount {
@@ -251,7 +258,10 @@ final class SendContext: @unchecked Sendable {
                 record.pointee.placeIndex = at
                 if chunk == noSlot {
                     queueHeads[priority] = record.pointee.next
-                    if queueHeads[priority] == noSlot { queueTails[priority] = noSlot }
+                    if queueHeads[priority] == noSlot {
+                        queueTails[priority] = noSlot
+                        queuedPriorities &= ~(1 << priority)
+                    }
                 }
             }
         }
@@ -265,10 +275,7 @@ final class SendContext: @unchecked Sendable {
         return true
     }
 
-    private var hasQueued: Bool {
-        for priority in 0..<8 where queueHeads[priority] != noSlot { return true }
-        return false
-    }
+    private var hasQueued: Bool { queuedPriorities != 0 }
 
     /// Copy mode moves TX only on a kick, 32 descriptors at a time: kick
     /// until the kernel has taken the ring or says to come back later.
@@ -312,6 +319,19 @@ final class SendContext: @unchecked Sendable {
             var address = first
             let end = first + Int(length)
             while address != end {
+                // Two at a time while both belong to the current run (the
+                // common case: a list's frames come back together)...
+                while end - address >= 2 {
+                    let frame0 = address[0] &>> shift, frame1 = address[1] &>> shift
+                    precondition(max(frame0, frame1) < frameCount, "completion ring returned an address outside the UMEM")
+                    guard owners[Int(truncatingIfNeeded: frame0)] == runOwner,
+                        owners[Int(truncatingIfNeeded: frame1)] == runOwner
+                    else { break }
+                    runLength &+= 2
+                    address += 2
+                }
+                guard address != end else { break }
+                // ...then one, which may start the next run.
                 let frame = address.pointee &>> shift
                 precondition(frame < frameCount, "completion ring returned an address outside the UMEM")
                 let owner = owners[Int(truncatingIfNeeded: frame)]

@@ -142,23 +142,27 @@ public struct Packet {
     @inlinable public var frame: UInt32 { UInt32(truncatingIfNeeded: entry.pointee.address &>> UInt64(pool.frameShift)) }
 
     /// Length of the packet in bytes.
-    @inlinable public var length: Int { Int(entry.pointee.length) }
+    @inlinable public var length: Int { Int(truncatingIfNeeded: entry.pointee.length) }
 
     /// The frame's byte offset in the UMEM (the address the rings carry, minus the data offset).
     @inlinable public var frameAddress: UInt64 { entry.pointee.address & ~pool.offsetMask }
 
     /// The packet's bytes (`length` of them).
     @inlinable public var bytes: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: pool.umem + Int(entry.pointee.address), count: length)
+        UnsafeMutableRawBufferPointer(start: data, count: length)
     }
 
     /// The whole room a packet may use in this frame, for writing before `setLength`.
     @inlinable public var buffer: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: pool.umem + Int(entry.pointee.address), count: capacity)
+        UnsafeMutableRawBufferPointer(start: data, count: capacity)
     }
 
     /// The most bytes this frame can hold from the packet's start.
-    @inlinable public var capacity: Int { pool.frameSize &- Int(entry.pointee.address & pool.offsetMask) }
+    @inlinable public var capacity: Int { pool.frameSize &- Int(truncatingIfNeeded: entry.pointee.address & pool.offsetMask) }
+
+    /// Where the packet starts. (Addresses are below the UMEM's size, so the
+    /// conversions here and above cannot truncate; they skip the check.)
+    @inlinable var data: UnsafeMutableRawPointer { pool.umem + Int(truncatingIfNeeded: entry.pointee.address) }
 
     /// Sets the packet's length; it must be 1...capacity.
     @inlinable @inline(__always)
