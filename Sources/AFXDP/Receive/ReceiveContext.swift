@@ -278,13 +278,10 @@ final class ReceiveContext: @unchecked Sendable {
         var heldLargeChunks = [Bool](repeating: false, count: pool.receiveLargeChunkCount)
         let shift = UInt64(pool.frameShift)
         for head in 0..<pool.receiveListCount where pool.state(of: UInt32(head)) != .free {
-            pool.forEachSlot(of: UInt32(head)) { slot in
+            pool.forEachSlot(of: UInt32(head)) { slot, packets in
                 heldSlots[Int(slot)] = true
                 if let large = pool.largeChunk(of: slot) { heldLargeChunks[Int(large)] = true }
-                let packets = pool.chunk(slot)
-                for index in 0..<Int(pool.lists[Int(slot)].chunkCount) {
-                    heldFrames[Int(packets[index].address &>> shift)] = true
-                }
+                for packet in packets { heldFrames[Int(packet.address &>> shift)] = true }
             }
         }
         for frame in (0..<pool.receiveFrameCount).reversed() where !heldFrames[frame] { freeFrames.push(UInt32(frame)) }

@@ -159,15 +159,14 @@ final class SendContext: @unchecked Sendable {
     private func stampOwners(_ list: UInt32) {
         let shift = UInt64(pool.frameShift)
         let frameCount = UInt64(pool.frameCount)
-        pool.forEachSlot(of: list) { slot in
-            let packets = pool.chunk(slot)
-            for index in 0..<Int(pool.lists[Int(slot)].chunkCount) {
-                let frame = packets[index].address &>> shift
+        pool.forEachSlot(of: list) { _, packets in
+            for packet in packets {
+                let frame = packet.address &>> shift
                 precondition(frame < frameCount, "a packet's address is outside the UMEM")
                 // Received descriptors are kept as the kernel wrote them; their
                 // options are 0 without multi-buffer (XDP_USE_SG, never set
                 // here), and a TX descriptor with other bits would be refused.
-                precondition(packets[index].options == 0, "a received descriptor carries options: multi-buffer is not supported")
+                precondition(packet.options == 0, "a received descriptor carries options: multi-buffer is not supported")
                 pool.frameOwner[Int(truncatingIfNeeded: frame)] = list
             }
         }
@@ -183,9 +182,9 @@ final class SendContext: @unchecked Sendable {
             while slot != noSlot {
                 let record = pool.lists + Int(slot)
                 let next = record.pointee.next
-                // Packets are placed in order: those from placedPackets on are not.
-                let unplaced = record.pointee.placeChunk == noSlot
-                    ? 0 : Int(record.pointee.count &- record.pointee.placedPackets)
+                // A queued list is placed in order, from placedPackets on
+                // (a fully placed one has already left the queue).
+                let unplaced = Int(record.pointee.count &- record.pointee.placedPackets)
                 counters.add(queued: -unplaced)
                 queuedFrames -= UInt32(unplaced)
                 record.pointee.placeChunk = noSlot

@@ -290,13 +290,15 @@ public final class PacketPool: @unchecked Sendable {
         return base >= inlineEntryCount ? (base &- inlineEntryCount) / Self.largeChunkCapacity : nil
     }
 
-    /// Calls `body` with each slot of the list that starts at `head`, in order.
+    /// Calls `body` with each slot of the list that starts at `head`, in
+    /// order, and the packets in it. For the paths off the hot loops, which
+    /// walk a list's chunks with pointers instead.
     @inline(__always)
-    func forEachSlot(of head: UInt32, _ body: (UInt32) -> Void) {
+    func forEachSlot(of head: UInt32, _ body: (_ slot: UInt32, _ packets: UnsafeMutableBufferPointer<XDPDescriptor>) -> Void) {
         var slot = head
         while slot != noSlot {
             let next = lists[Int(slot)].chunkNext
-            body(slot)
+            body(slot, UnsafeMutableBufferPointer(start: chunk(slot), count: Int(lists[Int(slot)].chunkCount)))
             slot = next
         }
     }
@@ -360,11 +362,8 @@ public final class PacketPool: @unchecked Sendable {
     func releaseToSendPool(_ slot: UInt32) {
         let shift = UInt64(frameShift)
         sharedLock.withLock {
-            forEachSlot(of: slot) { slot in
-                let packets = chunk(slot)
-                for index in 0..<Int(lists[Int(slot)].chunkCount) {
-                    sendFreeFrames.push(UInt32(truncatingIfNeeded: packets[index].address &>> shift))
-                }
+            forEachSlot(of: slot) { slot, packets in
+                for packet in packets { sendFreeFrames.push(UInt32(truncatingIfNeeded: packet.address &>> shift)) }
                 if let large = largeChunk(of: slot) { sendFreeLargeChunks.push(large) }
                 sendFreeLists.push(slot)
             }
