@@ -10,7 +10,11 @@ public enum PortState: UInt8, Sendable {
     case running = 0
     /// Sends complete with `.paused`; receive goes on.
     case paused = 1
+    /// A close has begun: what is queued or in flight drains (or is completed
+    /// with `.closing`); new sends are accepted and complete with `.closing`
+    /// until the teardown starts, then refused with `.portClosed`.
     case closing = 2
+    /// The socket and program are gone; every send has completed.
     case closed = 3
 }
 
@@ -26,7 +30,23 @@ public enum PortState: UInt8, Sendable {
 /// - State is split into a send region, a receive region and a shared
 ///   region. Send and receive each have one owner at a time and share no
 ///   lock; only the shared region (the send pool, state changes) is locked.
-/// - Every public method is safe from any thread at any time.
+/// - Every public method is safe from any thread at any time, and from
+///   inside the port's own handlers.
+///
+/// **Where handlers run.** The receive and completion handlers run only
+/// inside `poll()`, inside `pause()` and `close()` (on the calling thread,
+/// while they drain), or on the port's own thread (`ownThread`). Never inside
+/// `send`, `returnList`, `allocateList`, `restart` or the statistics: a
+/// caller may hold its own lock across those and take it in a handler.
+/// Handlers of one side never overlap, and completion batches arrive in order.
+///
+/// **Calling back in.** A handler may call any method of any port. `send`
+/// from a completion handler queues the list, placed before `poll` returns
+/// and completed by a later pass, so a handler that resends every list cannot
+/// keep `poll` from returning. `close()` and `pause()` never wait when called
+/// from inside any port's handler: they start, and the port's next pass (the
+/// enclosing `poll` if it is this port's, the next `poll`, the port's
+/// thread, or a later `close()` from outside a handler) finishes them.
 ///
 /// Progress: call `poll()` from your own loop, or set `ownThread` to let the
 /// port run a thread that does.
@@ -44,8 +64,9 @@ public final class Port: @unchecked Sendable {
     public let notes: [String]
 
     // MARK: Send region (one owner at a time; others use its mailbox)
-    private let sendDoorbell = RegionDoorbell()
-    private let sendContext: SendContext
+    private let sendRegion: SendRegion
+    private var sendDoorbell: RegionDoorbell { sendRegion.door }
+    private var sendContext: SendContext { sendRegion.context }
 
     // MARK: Receive region (one owner at a time; others use its mailbox)
     private let receiveDoorbell = RegionDoorbell()
@@ -55,12 +76,29 @@ public final class Port: @unchecked Sendable {
     private let sharedLock = PThreadLock()
     private let device: Device
     private var program: XDPProgram?
-    /// Read lock-free by every call; written under `sharedLock`.
+    /// When a close in progress stops waiting for the kernel and tears down.
+    private var closeDeadline: ContinuousClock.Instant?
+    /// Frozen at close, since the socket and program go away.
+    private var finalKernelStatistics: KernelSocketStatistics?
+    private var finalProgramCounters: (seen: Int, redirected: Int, passed: Int)?
+
+    // MARK: Atomics any thread reads and writes
+    /// The port's state: read lock-free by every call; written under `sharedLock`.
     private let stateStorage = UnsafeMutablePointer<UInt8.AtomicRepresentation>.allocate(capacity: 64)
     private var state: UnsafeAtomic<UInt8> { UnsafeAtomic(at: stateStorage) }
-    private var serviceThread: pthread_t?
-    /// Frozen at close, since the socket goes away.
-    private var finalKernelStatistics: KernelSocketStatistics?
+    /// Written by every `send` (a cache line of their own): the send gate,
+    /// lists accepted, and whether the port's own thread has ended.
+    private let senderWords = UnsafeMutablePointer<Int.AtomicRepresentation>.allocate(capacity: 8)
+    /// Sends between their admission check and their mailbox push, plus
+    /// `refusingSends` once the teardown has begun: the teardown waits for
+    /// the count to reach 0, so no list can reach the mailbox after the
+    /// teardown took it for the last time.
+    private var sendGate: UnsafeAtomic<Int> { UnsafeAtomic(at: senderWords) }
+    private static let refusingSends = 1 << 40
+    /// Lists `send` accepted; with the lists delivered, says whether any is outstanding.
+    private var acceptedLists: UnsafeAtomic<Int> { UnsafeAtomic(at: senderWords + 1) }
+    /// 1 while the port's own thread runs (`ownThread`).
+    private var serviceThreadRunning: UnsafeAtomic<Int> { UnsafeAtomic(at: senderWords + 2) }
 
     /// What plays the NIC: a real AF_XDP socket, or a kernel simulated in memory.
     private enum Device {
@@ -92,9 +130,9 @@ public final class Port: @unchecked Sendable {
     /// Opens a port.
     ///
     /// - Parameters:
-    ///   - onReceive: called with each list of received packets (on whichever
-    ///     thread runs the receive side). Return the list with `returnList`
-    ///     when done, from any thread, now or later.
+    ///   - onReceive: called with each list of received packets (see "Where
+    ///     handlers run"). Return the list with `returnList` when done, from
+    ///     any thread, now or later.
     ///   - onSendComplete: called with each batch of completed sends, in order.
     ///     The lists are the caller's again: reuse, send or return them.
     public static func open(
@@ -103,7 +141,7 @@ public final class Port: @unchecked Sendable {
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
     ) throws(AFXDPError) -> Port {
         try configuration.validate()
-        return try NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) -> Port in
+        let port = try NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) -> Port in
             let ifindex = Int32(bitPattern: if_nametoindex(configuration.interface))
             guard ifindex != 0 else {
                 throw .interfaceNotFound(interface: configuration.interface, namespace: configuration.networkNamespace)
@@ -117,9 +155,9 @@ public final class Port: @unchecked Sendable {
             let program: XDPProgram
             do throws(AFXDPError) {
                 if let busyPoll = configuration.busyPoll {
-                    try SystemCalls.setSocketOption(socket.fd, 69 /* SO_PREFER_BUSY_POLL */, 1, name: "SO_PREFER_BUSY_POLL")
+                    try SystemCalls.setSocketOption(socket.fd, cafxdp_so_prefer_busy_poll, 1, name: "SO_PREFER_BUSY_POLL")
                     try SystemCalls.setSocketOption(socket.fd, SO_BUSY_POLL, busyPoll.timeoutMicroseconds, name: "SO_BUSY_POLL")
-                    try SystemCalls.setSocketOption(socket.fd, 70 /* SO_BUSY_POLL_BUDGET */, busyPoll.budget, name: "SO_BUSY_POLL_BUDGET")
+                    try SystemCalls.setSocketOption(socket.fd, cafxdp_so_busy_poll_budget, busyPoll.budget, name: "SO_BUSY_POLL_BUDGET")
                 }
                 program = try XDPProgram.acquire(
                     interface: configuration.interface, ifindex: ifindex, namespace: configuration.networkNamespace,
@@ -143,6 +181,11 @@ public final class Port: @unchecked Sendable {
                 isZeroCopy: socket.zeroCopy, isAttachedNatively: program.attachedNatively, notes: notes,
                 onReceive: onReceive, onSendComplete: onSendComplete)
         }
+        // Started here, back in the caller's namespace: a thread inherits the
+        // namespace of the thread that makes it, and the handlers it runs
+        // must resolve interfaces and open sockets where the caller does.
+        if configuration.ownThread { try port.startServiceThread() }
+        return port
     }
 
     /// Opens a port over a kernel simulated in memory: no interface, no
@@ -188,30 +231,35 @@ public final class Port: @unchecked Sendable {
             umem: area.base, frameSize: configuration.frameSize, frameCount: configuration.umemFrameCount,
             receiveFrameCount: configuration.resolvedReceiveFrameCount, sendHeadroom: 0, umemOwner: area)
         stateStorage.initialize(repeating: .init(PortState.running.rawValue), count: 64)
+        senderWords.initialize(repeating: .init(0), count: 8)
         let rings = device.rings
-        sendContext = SendContext(
+        sendRegion = SendRegion(context: SendContext(
             pool: pool, tx: rings.tx, completion: rings.completion, socketFD: device.fd,
             kickOnlyWhenAsked: configuration.useNeedWakeup,
-            onComplete: onSendComplete)
+            onComplete: onSendComplete))
         receiveContext = ReceiveContext(
             pool: pool, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
             batchSize: configuration.receiveBatchSize, onReceive: onReceive)
         receiveContext.port = self
         sendContext.port = self
         // Give the kernel its receive frames before the first frame arrives.
-        _ = receiveDoorbell.ownership.withOwnership { receiveContext.service(mailbox: receiveDoorbell.mailbox) }
-        if configuration.ownThread { startServiceThread() }
+        receiveDoorbell.runIfFree(rounds: 1) { receiveContext.prime() }
     }
 
     deinit {
-        close()
+        // No other thread can be inside the port now (each would hold a
+        // reference), so waiting here cannot deadlock, even inside a handler.
+        requestClose(timeout: .seconds(1))
+        finishClose()
         stateStorage.deallocate()
+        senderWords.deallocate()
     }
 
     // MARK: State
 
-    public var currentState: PortState { PortState(rawValue: state.load(ordering: .acquiring))! }
+    public var currentState: PortState { PortState(rawValue: state.load(ordering: .acquiring)) ?? .closed }
 
+    /// The status new and queued sends get in the current state.
     private var admission: SendStatus {
         switch currentState {
         case .running: return .success
@@ -224,52 +272,70 @@ public final class Port: @unchecked Sendable {
 
     /// Takes a list of `packetCount` empty frames from the send pool. Write
     /// each packet through `Packet.buffer` and `setLength`. Returns nil when
-    /// the pool is short of frames: lists come back through completions.
-    public func allocateList(packetCount: Int) -> PacketList? {
-        precondition(packetCount > 0, "a list holds at least one packet")
-        precondition(
-            packetCount <= pool.frameCount - pool.receiveFrameCount,
-            "a list of \(packetCount) packets can never be allocated: the send pool has \(pool.frameCount - pool.receiveFrameCount) frames (PortConfiguration.sendFrameCount)")
+    /// the pool is short of frames right now: lists come back through
+    /// completions and `returnList`. Throws for a count no list can have
+    /// (below 1, or above the send pool's `sendFrameCount`) and on a closed port.
+    public func allocateList(packetCount: Int) throws(AFXDPError) -> PacketList? {
+        guard packetCount > 0, packetCount <= pool.sendFrameCount else {
+            throw .invalidPacketCount(requested: packetCount, maximum: pool.sendFrameCount)
+        }
+        guard currentState != .closed else { throw .portClosed }
         return pool.allocate(packetCount: packetCount)
     }
 
     /// Sends a list. Never refuses for lack of resources: the list is queued
-    /// and completes later through the completion handler with a status.
-    /// Throws only for bad input (a list that is not the caller's, or from
-    /// another port, or with an empty packet) or a closed port, and then the
-    /// list stays the caller's.
+    /// and completes later, through the completion handler, with a status.
+    /// Throws only for bad input (a list that is not the caller's, from
+    /// another port, or with a packet whose length is unset) or a port whose
+    /// close has begun its teardown; then the list stays the caller's.
+    /// Runs no handler.
     public func send(_ list: PacketList) throws(AFXDPError) {
         guard list.pool === pool else { throw .foreignList }
         // A stale or busy handle says so before anything is read through it.
-        try pool.transition(list, from: .caller, to: .caller)
-        guard list.record.pointee.unsetLengths == 0 else { throw .emptyFrame }
-        guard currentState != .closed else { throw .portClosed }
-        try pool.transition(list, from: .caller, to: .engine)
-        sendDoorbell.mailbox.push(list.slot, links: pool.lists)
-        serviceSend()
-    }
-
-    /// Runs the send side if no other thread is running it; whoever owns it
-    /// picks up what others left in the mailbox before letting go.
-    @inline(__always)
-    private func serviceSend() {
-        while sendDoorbell.ownership.tryAcquire() {
-            runSendPass()
-            sendDoorbell.ownership.release()
-            if sendDoorbell.mailbox.isEmpty { return }
+        let record = try list.ownedRecord()
+        guard record.pointee.unsetLengths == 0 else { throw .emptyFrame }
+        // Through the gate: once the teardown has begun, refused; before it,
+        // the teardown waits until this list is in the mailbox.
+        let gate = sendGate.loadThenWrappingIncrement(ordering: .sequentiallyConsistent)
+        guard gate & Self.refusingSends == 0 else {
+            sendGate.wrappingDecrement(ordering: .releasing)
+            throw .portClosed
         }
+        do {
+            try pool.transition(list, from: .caller, to: .engine)
+        } catch {
+            sendGate.wrappingDecrement(ordering: .releasing)
+            throw error
+        }
+        acceptedLists.wrappingIncrement(ordering: .relaxed)
+        #if DEBUG
+        Self.testHookBeforePush?()
+        #endif
+        sendRegion.accept(list.slot)
+        sendGate.wrappingDecrement(ordering: .releasing)
+        // Placed now if no other thread is running the send side; otherwise
+        // that thread (or the next poll) takes it from the mailbox.
+        sendDoorbell.runIfFree(rounds: 4) { placingPass() }
     }
 
-    /// One send pass, by the send region's owner. Once the port is closed
-    /// the rings are gone: lists that slipped into the mailbox during close
-    /// complete with `.closing` instead.
+    #if DEBUG
+    /// Tests only: runs inside `send`, between admission and the mailbox push.
+    nonisolated(unsafe) static var testHookBeforePush: (() -> Void)?
+    #endif
+
+    /// `SendRegion.placingPass` in the port's state. By the send region's owner.
     @inline(__always)
+    private func placingPass() {
+        // After close the rings are gone, and (the gate) nothing is queued.
+        guard currentState != .closed else { return }
+        sendRegion.placingPass(admit: admission)
+    }
+
+    /// `SendRegion.deliveringPass` in the port's state. By the send region's owner.
     @discardableResult
-    private func runSendPass() -> Bool {
-        if currentState == .closed {
-            return sendContext.completeMailboxAfterClose(sendDoorbell.mailbox)
-        }
-        return sendContext.service(mailbox: sendDoorbell.mailbox, admit: admission)
+    private func deliveringPass() -> Bool {
+        guard currentState != .closed else { return false }
+        return sendRegion.deliveringPass(admit: admission)
     }
 
     // MARK: Receive
@@ -277,6 +343,7 @@ public final class Port: @unchecked Sendable {
     /// Gives a list back: a received list's frames go back to the fill ring, an
     /// allocated list's frames to the send pool. Each list is returned once;
     /// a second return throws `.listAlreadyReturned` and changes nothing.
+    /// Runs no handler.
     public func returnList(_ list: PacketList) throws(AFXDPError) {
         guard list.pool === pool else { throw .foreignList }
         switch pool.home(ofList: list.slot) {
@@ -289,65 +356,74 @@ public final class Port: @unchecked Sendable {
             // it as still out until then.
             try pool.transition(list, from: .caller, to: .engine, bumpGeneration: true)
             receiveDoorbell.mailbox.push(list.slot, links: pool.lists)
+            // After close no pass runs by itself: take it back now.
+            if currentState == .closed {
+                receiveDoorbell.runIfFree(rounds: 1) { receiveContext.takeReturns(receiveDoorbell.mailbox) }
+            }
         }
+    }
+
+    /// One pass of the receive side, by its owner: takes returned lists
+    /// back, refills the fill ring, indicates what arrived (handlers run).
+    private func receivePass() -> Bool {
+        // After close the rings are gone; returns are still taken back.
+        if currentState == .closed { return receiveContext.takeReturns(receiveDoorbell.mailbox) }
+        return receiveContext.service(mailbox: receiveDoorbell.mailbox)
     }
 
     // MARK: Progress
 
     /// Runs one pass of each side that no other thread is running: reaps
-    /// completions, places queued sends, indicates received lists. Returns
-    /// whether anything moved.
+    /// completions, places queued sends, delivers completions, indicates
+    /// received lists, and moves a close in progress along. Does a bounded
+    /// amount of work whatever the handlers do. Returns whether anything moved.
     @discardableResult
     public func poll() -> Bool {
         var progress = false
-        // As in serviceSend: whoever lets go checks the mailbox again, or a
-        // list pushed meanwhile (its sender found the region taken) would wait.
-        while sendDoorbell.ownership.tryAcquire() {
-            if runSendPass() { progress = true }
-            sendDoorbell.ownership.release()
-            if sendDoorbell.mailbox.isEmpty { break }
-        }
-        if receiveDoorbell.ownership.tryAcquire() {
-            // After close the receive rings are gone; returns are still taken back.
-            if currentState == .closed {
-                if receiveContext.takeReturns(receiveDoorbell.mailbox) { progress = true }
-            } else if receiveContext.service(mailbox: receiveDoorbell.mailbox) {
-                progress = true
-            }
-            receiveDoorbell.ownership.release()
-        }
+        sendDoorbell.runIfFree(rounds: 1) { progress = deliveringPass() }
+        // What other threads sent while this one had the side: place it now.
+        if !sendDoorbell.mailbox.isEmpty { sendDoorbell.runIfFree(rounds: 2) { placingPass() } }
+        receiveDoorbell.runIfFree(rounds: 1) { if receivePass() { progress = true } }
+        if currentState == .closing { driveClose() }
         return progress
     }
 
-    /// Whether sends are queued or in flight.
+    /// Whether sends are queued, in flight, or completed and not yet
+    /// delivered to the completion handler. Never waits.
     public var hasSendsOutstanding: Bool {
-        HandlerScope.precondition(notInsideHandlerOf: self, "hasSendsOutstanding")
-        return sendDoorbell.ownership.withOwnership { sendContext.hasWork } || !sendDoorbell.mailbox.isEmpty
+        acceptedLists.load(ordering: .acquiring) != sendContext.counters.completedLists
     }
 
-    private func startServiceThread() {
+    private func startServiceThread() throws(AFXDPError) {
+        serviceThreadRunning.store(1, ordering: .releasing)
         let box = Unmanaged.passRetained(self)
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        // Detached: the thread may end a close itself (one asked from a
+        // handler it ran), so no one is sure to be there to join it.
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
         var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { argument in
+        let result = pthread_create(&thread, &attributes, { argument in
             let port = Unmanaged<Port>.fromOpaque(argument!).takeRetainedValue()
             port.runServiceLoop()
+            port.serviceThreadRunning.store(0, ordering: .releasing)
             return nil
         }, box.toOpaque())
-        precondition(result == 0, "pthread_create failed: \(result)")
-        serviceThread = thread
+        if result != 0 {
+            box.release()
+            serviceThreadRunning.store(0, ordering: .releasing)
+            close()
+            throw .system(operation: "starting the port's own thread (ownThread)", errno: result)
+        }
     }
 
+    /// The port's own thread: polls until the port is closed. It keeps the
+    /// port alive until then.
     private func runServiceLoop() {
-        while currentState.rawValue < PortState.closing.rawValue {
+        while currentState != .closed {
             if !poll() {
-                // Never wait for the send region here: a slow completion
-                // handler on another thread would stall receive too.
-                var sendsOutstanding = true
-                if sendDoorbell.ownership.tryAcquire() {
-                    sendsOutstanding = sendContext.hasWork
-                    sendDoorbell.ownership.release()
-                }
-                if sendsOutstanding || device.fd < 0 {
+                if currentState == .closing || hasSendsOutstanding || device.fd < 0 {
                     usleep(20)
                 } else {
                     SystemCalls.waitReadable(device.fd, milliseconds: 1)
@@ -359,99 +435,148 @@ public final class Port: @unchecked Sendable {
     // MARK: Pause, restart, close
 
     /// Stops sending: queued lists and lists sent from now on complete with
-    /// `.paused`; what the kernel already has completes as usual. Returns
-    /// once nothing is in flight (or after `timeout`). Receive goes on.
-    /// Not from inside a handler: the handler's side is owned by its caller.
+    /// `.paused`; what the kernel already has completes as usual. Receive
+    /// goes on. Returns once nothing is in flight, after `timeout`, or as
+    /// soon as another thread restarts or closes the port. From inside a
+    /// handler (of any port) it does not wait: the pause takes effect at the
+    /// port's next pass.
     public func pause(timeout: Duration = .seconds(2)) {
-        HandlerScope.precondition(notInsideHandlerOf: self, "pause()")
         let changed = sharedLock.withLock { () -> Bool in
             guard currentState == .running else { return false }
             state.store(PortState.paused.rawValue, ordering: .releasing)
             return true
         }
-        guard changed else { return }
-        drainSends(status: .paused, timeout: timeout)
-    }
-
-    /// Resumes sending after `pause`.
-    public func restart() {
-        sharedLock.withLock {
-            if currentState == .paused { state.store(PortState.running.rawValue, ordering: .releasing) }
-        }
-        serviceSend()
-    }
-
-    /// Drives the send side until nothing is in flight or `timeout` passes.
-    private func drainSends(status: SendStatus, timeout: Duration) {
+        guard changed, !HandlerContext.isInsideHandler else { return }
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
-        while true {
-            let busy = sendDoorbell.ownership.withOwnership { () -> Bool in
-                // A close that ran meanwhile took the rings: nothing left to drive.
-                guard currentState != .closed else { return false }
-                sendContext.service(mailbox: sendDoorbell.mailbox, admit: status)
-                return sendContext.hasWork
-            } || !sendDoorbell.mailbox.isEmpty
-            if !busy || clock.now >= deadline { return }
+        while currentState == .paused {
+            var settled = false
+            sendDoorbell.runIfFree(rounds: 1) {
+                deliveringPass()
+                settled = sendRegion.isSettled
+            }
+            if settled || clock.now >= deadline { return }
             usleep(50)
         }
     }
 
-    /// Closes the port: every list queued or in flight completes once (with
-    /// `.success` if the kernel sent it in time, else `.closing`), the XDP
-    /// program is detached (when the last port on the interface closes), and
-    /// every frame the caller does not hold is back in the pool. Lists the
-    /// caller still holds may be returned afterwards. Idempotent. Not from
-    /// inside a handler (the handler's side is owned by its caller).
-    public func close(timeout: Duration = .seconds(1)) {
-        HandlerScope.precondition(notInsideHandlerOf: self, "close()")
-        let proceed = sharedLock.withLock { () -> Bool in
-            guard currentState.rawValue < PortState.closing.rawValue else { return false }
-            state.store(PortState.closing.rawValue, ordering: .sequentiallyConsistent)
-            return true
+    /// Resumes sending after `pause`. Runs no handler.
+    public func restart() {
+        sharedLock.withLock {
+            if currentState == .paused { state.store(PortState.running.rawValue, ordering: .releasing) }
         }
-        guard proceed else {
-            // Another thread is closing: return when it is done, as it will.
-            while currentState != .closed { usleep(100) }
+        sendDoorbell.runIfFree(rounds: 2) { placingPass() }
+    }
+
+    /// Closes the port: every list queued or in flight completes once (with
+    /// `.success` if the kernel sent it within `timeout`, else `.closing`),
+    /// the XDP program is detached (when the last port on the interface
+    /// closes), and every frame the caller does not hold is back in the pool.
+    /// Lists the caller still holds stay valid, and may be returned afterwards.
+    /// Idempotent; safe from any thread.
+    ///
+    /// From inside a handler (of any port) it does not wait: the port moves
+    /// to `.closing` at once and the close finishes at the port's next pass
+    /// (the enclosing `poll()` when it is this port's handler, the port's own
+    /// thread, a later `poll()`, or a `close()` from outside a handler).
+    public func close(timeout: Duration = .seconds(1)) {
+        requestClose(timeout: timeout)
+        if HandlerContext.isInsideHandler {
+            driveClose()
             return
         }
-        if let thread = serviceThread {
-            pthread_join(thread, nil)
-            serviceThread = nil
+        finishClose()
+    }
+
+    /// Moves a running or paused port to `.closing`. Never waits.
+    private func requestClose(timeout: Duration) {
+        sharedLock.withLock {
+            guard currentState.rawValue < PortState.closing.rawValue else { return }
+            closeDeadline = ContinuousClock.now.advanced(by: timeout)
+            state.store(PortState.closing.rawValue, ordering: .sequentiallyConsistent)
         }
-        drainSends(status: .closing, timeout: timeout)
-        sendDoorbell.ownership.acquire()
-        receiveDoorbell.ownership.acquire()
+    }
+
+    /// Drives the close until the port is closed and its thread has ended.
+    /// Only where waiting cannot deadlock: outside every handler.
+    private func finishClose() {
+        while currentState != .closed {
+            driveClose()
+            if currentState != .closed { usleep(50) }
+        }
+        while serviceThreadRunning.load(ordering: .acquiring) != 0 { usleep(100) }
+    }
+
+    /// One step of a close in progress, by whichever thread calls: a
+    /// delivering send pass (completions keep coming while the kernel sends
+    /// what it took), then, once nothing is outstanding or the deadline has
+    /// passed, the teardown. Never waits for a region another thread owns:
+    /// that thread's pass, or a later step, goes on.
+    private func driveClose() {
+        guard currentState == .closing else { return }
+        var drained = false
+        sendDoorbell.runIfFree(rounds: 1) {
+            deliveringPass()
+            drained = sendRegion.isSettled
+        }
+        if !drained {
+            let deadline = sharedLock.withLock { closeDeadline }
+            guard let deadline, ContinuousClock.now >= deadline else { return }
+        }
+        tearDown()
+    }
+
+    /// The end of a close, by the thread that owns both regions: no send
+    /// gets in any more; the kernel's last completions are read and what it
+    /// never took is counted unsent; the socket and program go; every list
+    /// still out completes with `.closing`, delivered here in order; every
+    /// receive frame the caller does not hold comes home.
+    private func tearDown() {
+        guard sendDoorbell.ownership.tryAcquire() else { return }
+        defer { sendDoorbell.ownership.release() }
+        guard receiveDoorbell.ownership.tryAcquire() else { return }
+        guard currentState == .closing else {
+            receiveDoorbell.ownership.release()
+            return
+        }
+        _ = sendGate.loadThenBitwiseOr(with: Self.refusingSends, ordering: .sequentiallyConsistent)
+        // Sends inside the gate only push to the mailbox: they never wait.
+        while sendGate.load(ordering: .acquiring) & ~Self.refusingSends != 0 { sched_yield() }
+        sendRegion.placingPass(admit: .closing)
+        sendContext.settleBeforeTeardown()
         sharedLock.withLock {
             finalKernelStatistics = device.statistics()
+            finalProgramCounters = program?.counters()
             let program = self.program
             self.program = nil
-            if case .socket(let socket) = device {
+            switch device {
+            case .socket(let socket):
                 // Map updates and closes work on file descriptors from any
                 // namespace; only the detach needs the interface's namespace.
                 program?.unbind(queue: configuration.queue)
                 socket.close()
                 program?.release(namespace: configuration.networkNamespace)
+            case .simulated(let kernel):
+                kernel.tearDown()
             }
         }
         sendContext.abandonInFlight(mailbox: sendDoorbell.mailbox)
         // Send frames need no reclaiming: in-flight lists just completed with
         // their frames, and the free stacks only ever held free frames.
         receiveContext.reclaimAfterSocketClosed(receiveDoorbell.mailbox)
-        state.store(PortState.closed.rawValue, ordering: .sequentiallyConsistent)
         receiveDoorbell.ownership.release()
-        sendDoorbell.ownership.release()
-        // A send that raced with close may have left its list in the mailbox.
-        serviceSend()
+        sendContext.deliver()
+        state.store(PortState.closed.rawValue, ordering: .sequentiallyConsistent)
     }
 
     // MARK: Statistics
 
     /// Counters per direction, the kernel's socket statistics and the XDP
-    /// program's counters.
+    /// program's counters (frozen at close). Never waits for a region.
     public var statistics: Statistics {
-        let kernel = sharedLock.withLock { finalKernelStatistics ?? device.statistics() }
-        let programCounters = sharedLock.withLock { program?.counters() } ?? (seen: 0, redirected: 0, passed: 0)
+        let (kernel, programCounters) = sharedLock.withLock {
+            (finalKernelStatistics ?? device.statistics(), finalProgramCounters ?? program?.counters() ?? (0, 0, 0))
+        }
         return Statistics(
             send: sendContext.counters.snapshot(),
             receive: receiveContext.counters.snapshot(heldByCaller: receiveContext.framesHeldByCaller, kernel: kernel),
@@ -465,7 +590,7 @@ public final class Port: @unchecked Sendable {
         public var sendFramesFree: Int
         /// Receive frames the engine holds (free, or in the fill ring / kernel while open).
         public var receiveFramesWithEngine: Int
-        /// Receive frames indicated and not returned.
+        /// Receive frames indicated and not returned (or returned and not yet taken back).
         public var receiveFramesHeldByCaller: Int
         /// Large chunks (the storage of long lists' packets) in all.
         public var totalLargeChunks: Int
@@ -479,18 +604,17 @@ public final class Port: @unchecked Sendable {
         public var allLargeChunksHome: Bool { largeChunksFree == totalLargeChunks }
     }
 
-    /// Where the frames are. Takes back returned lists first. Not for hot paths.
+    /// Where the frames are: a snapshot, exact when the port is quiet (e.g.
+    /// after close). Takes back returned lists first when no other thread is
+    /// running the receive side. Never waits; not for hot paths.
     public var poolStatus: PoolStatus {
-        HandlerScope.precondition(notInsideHandlerOf: self, "poolStatus")
-        return receiveDoorbell.ownership.withOwnership {
-            receiveContext.takeReturns(receiveDoorbell.mailbox)
-            let withEngine = receiveContext.freeFrames.count + receiveContext.framesWithKernel
-            let send = pool.sendPoolCounts
-            return PoolStatus(
-                totalFrames: pool.frameCount, sendFramesFree: send.frames,
-                receiveFramesWithEngine: withEngine, receiveFramesHeldByCaller: receiveContext.framesHeldByCaller,
-                totalLargeChunks: pool.largeChunkCount,
-                largeChunksFree: send.largeChunks + receiveContext.freeLargeChunks.count)
-        }
+        receiveDoorbell.runIfFree(rounds: 1) { receiveContext.takeReturns(receiveDoorbell.mailbox) }
+        let send = pool.sendPoolCounts
+        return PoolStatus(
+            totalFrames: pool.frameCount, sendFramesFree: send.frames,
+            receiveFramesWithEngine: receiveContext.framesWithEngine,
+            receiveFramesHeldByCaller: receiveContext.framesHeldByCaller,
+            totalLargeChunks: pool.largeChunkCount,
+            largeChunksFree: send.largeChunks + receiveContext.largeChunksFree)
     }
 }

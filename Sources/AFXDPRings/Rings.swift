@@ -83,6 +83,14 @@ public struct ProducerRing<Entry> {
         producer.store(cachedProducer, ordering: .releasing)  // B, matches C
     }
 
+    /// The other side's consumer index: everything before it was consumed.
+    @inlinable
+    public var consumerIndex: UInt32 { consumer.load(ordering: .acquiring) }
+
+    /// Our producer index: everything before it was reserved by us.
+    @inlinable
+    public var producerIndex: UInt32 { cachedProducer }
+
     /// Entries submitted but not yet consumed by the other side.
     @inlinable
     public var outstanding: UInt32 {

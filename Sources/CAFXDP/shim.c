@@ -151,4 +151,5 @@ int cafxdp_enter_network_namespace(int fd)
     return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
 }
 
-__thread const void *cafxdp_handler_scope;
+__thread char cafxdp_thread_token_storage;
+__thread long cafxdp_handler_depth;

@@ -224,10 +224,10 @@ final class Session {
         if let sender, let sending {
             let peer = endpoints[directions[sending].forwarderEnd ?? directions[sending].receiverEnd]
             var lists: [PacketList] = []
-            while lists.count < sender.pointer.pointee.capacity, let list = port.allocateList(packetCount: options.batch) {
-                for packet in list.packets {
+            while lists.count < sender.pointer.pointee.capacity, let list = try port.allocateList(packetCount: options.batch) {
+                try list.packets.forEach { packet throws(AFXDPError) in
                     TestFrame.write(
-                        into: packet.buffer, length: options.frameSize, sequence: 0,
+                        into: try packet.buffer, length: options.frameSize, sequence: 0,
                         source: endpoint.macAddress, destination: peer.macAddress)
                     try packet.setLength(options.frameSize)
                 }

@@ -112,7 +112,11 @@ struct SenderState {
         totalLists = initial.count
     }
 
-    func releaseStorage() { lists.deallocate() }
+    func releaseStorage() {
+        // The handles keep their pool alive: let go of them first.
+        lists.deinitialize(count: totalLists)
+        lists.deallocate()
+    }
 }
 
 enum Generator {
@@ -130,19 +134,19 @@ enum Generator {
         let frameLength = state.pointee.frameLength
         var sent = 0
         while sent < maximumLists, state.pointee.freeLists > 0 {
-            let count = state.pointee.lists[state.pointee.freeLists - 1].count
-            if state.pointee.window > 0, !windowAdmits(state, count) { break }
-            state.pointee.freeLists -= 1
-            let list = state.pointee.lists[state.pointee.freeLists]
-            let timestamp = monotonicNanoseconds()
-            var sequence = state.pointee.nextSequence
-            for packet in list.packets {
-                FrameCodec.rewrite(packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
-                sequence &+= 1
-            }
-            state.pointee.nextSequence = sequence
+            let list = state.pointee.lists[state.pointee.freeLists - 1]
             do {
-                // May deliver completions (nested) before it returns.
+                let packets = try list.packets
+                if state.pointee.window > 0, !windowAdmits(state, packets.count) { break }
+                state.pointee.freeLists -= 1
+                let timestamp = monotonicNanoseconds()
+                var sequence = state.pointee.nextSequence
+                try packets.forEach { packet throws(AFXDPError) in
+                    FrameCodec.rewrite(try packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
+                    sequence &+= 1
+                }
+                state.pointee.nextSequence = sequence
+                // Runs no handler: completions come from this thread's poll.
                 try port._withUnsafeGuaranteedRef { try $0.send(list) }
                 sent += 1
             } catch {
@@ -187,7 +191,9 @@ enum Generator {
         var sent = 0
         var failed = 0
         for list in batch {
-            if list.status == .success { sent += list.count } else { failed += list.count }
+            // The list is ours (just completed): these cannot throw.
+            let count = (try? list.count) ?? 0
+            if (try? list.status) == .success { sent += count } else { failed += count }
             state.pointee.lists[state.pointee.freeLists] = list
             state.pointee.freeLists += 1
         }
@@ -245,17 +251,23 @@ enum Receiver {
         var reordered = 0
         var corrupted = 0
         var foreign = 0
-        for packet in list.packets {
-            let length = packet.length
+        var count = 0
+        // An indicated list is ours until returned: the accessors cannot
+        // throw here; if one did, the engine broke its contract: stop.
+        do {
+          try list.packets.forEach { packet throws(AFXDPError) in
+            let bytesOfPacket = try packet.bytes
+            let length = bytesOfPacket.count
             bytes &+= length
-            let frame = FrameCodec.check(packet.bytes.baseAddress!, length: length)
+            count &+= 1
+            let frame = FrameCodec.check(bytesOfPacket.baseAddress!, length: length)
             switch frame.verdict {
             case .foreign:
                 foreign += 1
-                continue
+                return
             case .corrupted:
                 corrupted += 1  // its sequence number and timestamp cannot be trusted
-                continue
+                return
             case .intact:
                 break
             }
@@ -275,11 +287,16 @@ enum Receiver {
                 runValue = latency
                 runCount = 1
             }
+          }
+        } catch {
+            state.pointee.returnErrors += 1
+            if state.pointee.firstError == nil { state.pointee.firstError = error }
+            requestStop(StopReason.failure)
         }
         state.pointee.expected = expected
         state.pointee.runValue = runValue
         state.pointee.runCount = runCount
-        state.pointee.packets &+= list.count
+        state.pointee.packets &+= count
         state.pointee.bytes &+= bytes
         state.pointee.gaps &+= gaps
         state.pointee.reordered &+= reordered
@@ -294,7 +311,7 @@ enum Receiver {
     /// lets only test frames through).
     @inline(__always)
     static func drop(_ state: UnsafeMutablePointer<ReceiverState>, _ indication: ReceiveIndication, frameLength: Int) {
-        let count = indication.list.count
+        let count = (try? indication.list.count) ?? 0
         state.pointee.packets &+= count
         state.pointee.bytes &+= count &* frameLength
         publish(state)
@@ -342,8 +359,9 @@ enum Forwarder {
     /// list back out of the port it came in on.
     @inline(__always)
     static func forward(_ state: UnsafeMutablePointer<ForwarderState>, _ indication: ReceiveIndication) {
-        for packet in indication.list.packets where packet.length >= 12 {
-            let base = packet.bytes.baseAddress!
+        try? indication.list.packets.forEach { packet in
+            guard let bytes = try? packet.bytes, bytes.count >= 12 else { return }
+            let base = bytes.baseAddress!
             let destination = (base.loadUnaligned(as: UInt32.self), base.loadUnaligned(fromByteOffset: 4, as: UInt16.self))
             let source = (base.loadUnaligned(fromByteOffset: 6, as: UInt32.self), base.loadUnaligned(fromByteOffset: 10, as: UInt16.self))
             base.storeBytes(of: source.0, as: UInt32.self)
@@ -366,10 +384,11 @@ enum Forwarder {
     static func completed(_ state: UnsafeMutablePointer<ForwarderState>, _ batch: SendCompletions) {
         guard let port = state.pointee.port else { return }
         for list in batch {
-            if list.status == .success {
-                state.pointee.forwardedPackets += list.count
+            let count = (try? list.count) ?? 0
+            if (try? list.status) == .success {
+                state.pointee.forwardedPackets += count
             } else {
-                state.pointee.failedPackets += list.count
+                state.pointee.failedPackets += count
             }
             do {
                 try port.returnList(list)

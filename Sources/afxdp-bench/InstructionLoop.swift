@@ -53,8 +53,12 @@ enum InstructionLoop {
         })
         defer { sender.close() }
         let receiver = try Port.open(b, onReceive: { indication in
-            for packet in indication.list.packets {
-                guard let parsed = TestFrame.parse(UnsafeRawBufferPointer(packet.bytes)) else { state.corrupted += 1; continue }
+            guard let packets = try? indication.list.packets else { state.corrupted += 1; return }
+            packets.forEach { packet in
+                guard let bytes = try? packet.bytes, let parsed = TestFrame.parse(UnsafeRawBufferPointer(bytes)) else {
+                    state.corrupted += 1
+                    return
+                }
                 if !parsed.intact { state.corrupted += 1 }
                 if parsed.sequence != state.next { state.outOfOrder += 1 }
                 state.next = parsed.sequence &+ 1
@@ -64,7 +68,7 @@ enum InstructionLoop {
         }, onSendComplete: { _ in })
         defer { receiver.close() }
         for _ in 0..<(256 / batch + 1) {
-            guard let list = sender.allocateList(packetCount: batch) else { break }
+            guard let list = try sender.allocateList(packetCount: batch) else { break }
             state.free.append(list)
         }
         try loop(sender: sender, receiver: receiver, state: state, packets: packets, frameLength: frameLength, bed: bed)
@@ -80,9 +84,9 @@ enum InstructionLoop {
         while state.received < packets {
             // At most 256 frames in flight: veth's queue for an XDP peer, so nothing is lost.
             while sent < packets, sent - state.received < 256, let list = state.free.popLast() {
-                for packet in list.packets {
+                try list.packets.forEach { packet throws(AFXDPError) in
                     TestFrame.write(
-                        into: packet.buffer, length: frameLength, sequence: UInt64(sent), source: bed.macAddressA,
+                        into: try packet.buffer, length: frameLength, sequence: UInt64(sent), source: bed.macAddressA,
                         destination: bed.macAddressB)
                     try packet.setLength(frameLength)
                     sent += 1

@@ -141,13 +141,18 @@ struct BadInputTests {
             let freeAtStart = a.poolStatus.sendFramesFree
 
             // Oversized frame: refused, the packet keeps its length.
-            let list = try #require(a.allocateList(packetCount: 2))
-            let first = try #require(list.packets.first(where: { _ in true }))
-            #expect(throws: AFXDPError.frameTooLarge(length: 2049, maximum: 2048)) { try first.setLength(2049) }
+            let list = try #require(try a.allocateList(packetCount: 2))
+            try list.packets.withPacket(at: 0) { (first: borrowing Packet) throws in
+                #expect(throws: AFXDPError.frameTooLarge(length: 2049, maximum: 2048)) { try first.setLength(2049) }
+                #expect(try first.length == 0)
+                // Lengths below 1: refused, and say which length.
+                #expect(throws: AFXDPError.invalidFrameLength(0)) { try first.setLength(0) }
+                #expect(throws: AFXDPError.invalidFrameLength(-1)) { try first.setLength(-1) }
+            }
             #expect("\(AFXDPError.frameTooLarge(length: 2049, maximum: 2048))".contains("4096"))
-            #expect(first.length == 0)
-            // Zero-length frames: refused at setLength and at send; the list stays the caller's.
-            #expect(throws: AFXDPError.emptyFrame) { try first.setLength(0) }
+            #expect("\(AFXDPError.frameTooLarge(length: 4097, maximum: 4096))".contains("split"))
+            #expect("\(AFXDPError.invalidFrameLength(-1))".contains("-1"))
+            // A packet without a length: the list is refused at send and stays the caller's.
             #expect(throws: AFXDPError.emptyFrame) { try a.send(list) }
             try fill(list, stream: 0, firstSequence: 0, length: 64, from: bed.macAddressA, to: bed.macAddressB)
 
@@ -157,7 +162,7 @@ struct BadInputTests {
 
             // In flight: the engine's until completed. Interface down keeps it in flight.
             try setLink(bed, end: "a", up: false)
-            CompletionChecker.tag(list, stream: 0, number: 0)
+            try CompletionChecker.tag(list, stream: 0, number: 0)
             try a.send(list)
             #expect(throws: AFXDPError.listNotOwnedByCaller) { try a.send(list) }
             #expect(throws: AFXDPError.listNotOwnedByCaller) { try a.returnList(list) }
@@ -169,7 +174,7 @@ struct BadInputTests {
                 usleep(100)
             }
             #expect(completions.takeFree() == [list])
-            #expect(list.status == .success)
+            #expect(try list.status == .success)
 
             // Returned twice: the second is refused and frees nothing twice.
             try a.returnList(list)
@@ -178,7 +183,7 @@ struct BadInputTests {
             #expect(throws: AFXDPError.listAlreadyReturned) { try a.send(list) }
             #expect(a.poolStatus.sendFramesFree == freeAtStart)
             // The slot's next owner is not disturbed by the stale handle.
-            let next = try #require(a.allocateList(packetCount: 1))
+            let next = try #require(try a.allocateList(packetCount: 1))
             #expect(throws: AFXDPError.listAlreadyReturned) { try a.returnList(list) }
             try a.returnList(next)
             #expect(a.poolStatus.sendFramesFree == freeAtStart)

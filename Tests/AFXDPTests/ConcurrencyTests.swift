@@ -69,7 +69,7 @@ struct ConcurrencyTests {
                             return Array(queue.prefix(half))
                         }
                         for list in lists {
-                            let count = list.count
+                            let count = (try? list.count) ?? 0
                             do { try b.returnList(list) } catch { failures.withLock { $0.append("return: \(error)") } }
                             returnedTotal.wrappingIncrement(by: count, ordering: .releasing)
                         }
@@ -124,14 +124,14 @@ struct ConcurrencyTests {
                         guard let i = state.free.firstIndex(where: { CompletionChecker.tagOf($0).stream == index }) else { return nil }
                         return state.free.remove(at: i)
                     }
-                    guard let list = reuse ?? a.allocateList(packetCount: 4) else {
+                    guard let list = reuse ?? (try? a.allocateList(packetCount: 4)) else {
                         if a.currentState == .closed { return }
                         a.poll()
                         continue
                     }
                     do {
                         try fill(list, stream: index, firstSequence: number * 4, length: 64, from: bed.macAddressA, to: bed.macAddressB)
-                        CompletionChecker.tag(list, stream: index, number: number)
+                        try CompletionChecker.tag(list, stream: index, number: number)
                         try a.send(list)
                         number += 1
                         accepted.wrappingIncrement(ordering: .relaxed)
@@ -180,10 +180,10 @@ extension ConcurrencyTests {
                         var number: UInt64 = 0
                         while a.currentState != .closed {
                             let reuse = completions.state.withLock { $0.free.popLast() }
-                            guard let list = reuse ?? a.allocateList(packetCount: 2) else { a.poll(); continue }
+                            guard let list = reuse ?? (try? a.allocateList(packetCount: 2)) else { a.poll(); continue }
                             do {
                                 try fill(list, stream: 0, firstSequence: 2 * number, length: 64, from: bed.macAddressA, to: bed.macAddressB)
-                                CompletionChecker.tag(list, stream: 0, number: number)
+                                try CompletionChecker.tag(list, stream: 0, number: number)
                                 try a.send(list)
                                 number += 1
                                 accepted.wrappingIncrement(ordering: .relaxed)

@@ -45,8 +45,9 @@ final class SimulatedPort {
     let pool: PacketPool
     let tx: HeapRing<XDPDescriptor>
     let completion: HeapRing<UInt64>
-    let doorbell = RegionDoorbell()
-    let context: SendContext
+    let region: SendRegion
+    var doorbell: RegionDoorbell { region.door }
+    var context: SendContext { region.context }
     let log = CompletionLog()
     /// What `Port.admission` would say: `.success` while running.
     var admission: SendStatus = .success
@@ -70,22 +71,22 @@ final class SimulatedPort {
         completion = HeapRing<UInt64>(size: completionSize, startIndex: startIndex)
         let log = self.log
         let pool = self.pool
-        context = SendContext(
+        region = SendRegion(context: SendContext(
             pool: pool, tx: tx.memory, completion: completion.memory, socketFD: -1,
             kickOnlyWhenAsked: true,
             onComplete: { batch in
                 log.batches += 1
                 let first = log.entries.count
-                for list in batch {
-                    log.entries.append(.init(
-                        sequence: list.contextArea.load(as: Int.self), status: list.status, list: list))
-                }
                 do {
+                    for list in batch {
+                        log.entries.append(.init(
+                            sequence: try list.contextArea.load(as: Int.self), status: try list.status, list: list))
+                    }
                     try log.onBatch?(log.entries[first...])
                 } catch {
                     Issue.record(error, "in the completion handler")
                 }
-            })
+            }))
     }
 
     deinit {
@@ -96,50 +97,50 @@ final class SimulatedPort {
 
     // MARK: The caller's side, as Port offers it
 
-    /// `Port.send`: refuses bad input, hands the list to the engine through
-    /// the mailbox, then runs the send side if no one else is.
+    /// `Port.send`: refuses bad input, hands the list to the region, then
+    /// runs a placing pass (no handler) if no one else has the region.
     func send(_ list: PacketList) throws(AFXDPError) {
         guard list.pool === pool else { throw .foreignList }
-        if list.packets.contains(where: { $0.length == 0 }) { throw .emptyFrame }
+        if try list.ownedRecord().pointee.unsetLengths != 0 { throw .emptyFrame }
         try pool.transition(list, from: .caller, to: .engine)
-        doorbell.mailbox.push(list.slot, links: pool.lists)
+        region.accept(list.slot)
         serviceSend()
     }
 
-    /// `Port.serviceSend`.
+    /// What `Port.send` runs after handing a list over.
     func serviceSend() {
-        while doorbell.ownership.tryAcquire() {
-            context.service(mailbox: doorbell.mailbox, admit: admission)
-            doorbell.ownership.release()
-            notePass()
-            if doorbell.mailbox.isEmpty { return }
-        }
+        doorbell.runIfFree(rounds: 4) { region.placingPass(admit: admission) }
+        notePass()
     }
 
-    /// `Port.poll`, send side only.
+    /// `Port.poll`, send side only: a delivering pass.
     @discardableResult
     func poll() -> Bool {
-        guard doorbell.ownership.tryAcquire() else { return false }
-        let progress = context.service(mailbox: doorbell.mailbox, admit: admission)
-        doorbell.ownership.release()
+        var progress = false
+        doorbell.runIfFree(rounds: 1) { progress = region.deliveringPass(admit: admission) }
         notePass()
         return progress
     }
 
     /// The send side of `Port.close`: drain with `.closing` (what the kernel
     /// completes in time completes with `.success`), then, the socket being
-    /// gone, abandon what is still in flight and rebuild the send pool.
+    /// gone, count what the kernel never took as unsent, abandon what is
+    /// still in flight, and deliver.
     func close(drainPasses: Int) {
         admission = .closing
         for _ in 0..<drainPasses {
-            let busy = doorbell.ownership.withOwnership { () -> Bool in
-                context.service(mailbox: doorbell.mailbox, admit: .closing)
-                return context.hasWork
+            var settled = false
+            doorbell.runIfFree(rounds: 1) {
+                region.deliveringPass(admit: .closing)
+                settled = region.isSettled
             }
-            if !busy { break }
+            if settled { break }
         }
-        doorbell.ownership.acquire()
+        while !doorbell.ownership.tryAcquire() {}
+        region.placingPass(admit: .closing)
+        context.settleBeforeTeardown()
         context.abandonInFlight(mailbox: doorbell.mailbox)
+        context.deliver()
         doorbell.ownership.release()
     }
 
@@ -165,17 +166,20 @@ final class SimulatedPort {
     func prepare(_ list: PacketList, priority: UInt8 = 0) throws -> Int {
         let sequence = nextSequence
         nextSequence += 1
-        list.contextArea.storeBytes(of: sequence, as: Int.self)
-        list.priority = priority
-        for (index, packet) in list.packets.enumerated() {
-            let buffer = packet.buffer
+        try list.contextArea.storeBytes(of: sequence, as: Int.self)
+        try list.setPriority(Int(priority))
+        let count = try list.count
+        var index = 0
+        try list.packets.forEach { packet throws(AFXDPError) in
+            let buffer = try packet.buffer
             buffer.storeBytes(of: UInt64(sequence), toByteOffset: 0, as: UInt64.self)
             buffer.storeBytes(of: UInt32(index), toByteOffset: 8, as: UInt32.self)
-            buffer.storeBytes(of: UInt32(list.count), toByteOffset: 12, as: UInt32.self)
+            buffer.storeBytes(of: UInt32(count), toByteOffset: 12, as: UInt32.self)
             let length = Self.length(sequence: sequence, index: index)
             try packet.setLength(length)
             sentPackets += 1
             sentBytes += length
+            index += 1
         }
         return sequence
     }
@@ -452,7 +456,7 @@ struct SimulatedKernelTests {
         #expect(counters.bytes == port.sentBytes)
         #expect(counters.dropped == 0)
         expectAllHome(port, kernel)
-        #expect(port.log.entries.allSatisfy { !port.pool.isCurrent($0.list) })
+        #expect(port.log.entries.allSatisfy { !$0.list.isOwnedByCaller })
     }
 
     @Test("A completion ring filled to capacity: never more in flight than it holds; 100,000 lists complete once, in order")
@@ -477,7 +481,8 @@ struct SimulatedKernelTests {
                         try port.returnList(list)
                         continue
                     }
-                    sent.append((try port.sendAgain(list), list.count))
+                    let count = try list.count
+                        sent.append((try port.sendAgain(list), count))
                     reused += 1
                 } else {
                     let count = Int.random(in: 1...4, using: &random)
@@ -486,7 +491,8 @@ struct SimulatedKernelTests {
                     } else if reusable > 0 {
                         let list = port.log.entries[nextReusable].list
                         nextReusable += 1
-                        sent.append((try port.sendAgain(list), list.count))
+                        let count = try list.count
+                        sent.append((try port.sendAgain(list), count))
                         reused += 1
                     } else {
                         break
@@ -716,7 +722,8 @@ struct SimulatedKernelTests {
         // while the send region is still busy delivering the batch.
         port.log.onBatch = { [unowned port] batch in
             for entry in batch where port.nextSequence < 40 * rounds {
-                sent.append((try port.sendAgain(entry.list), entry.list.count))
+                let count = try entry.list.count
+                sent.append((try port.sendAgain(entry.list), count))
             }
         }
         for _ in 0..<40 {
@@ -730,7 +737,7 @@ struct SimulatedKernelTests {
             kernel.complete(limit: Int.random(in: 0...32, using: &random), order: .shuffled)
             if Bool.random(using: &random) { port.poll() } else { port.serviceSend() }
         }
-        #expect(sent.count == 40 * rounds)
+        #expect(try sent.count == 40 * rounds)
         #expect(port.log.sequences == sent.map(\.sequence))
         #expect(kernel.wire == expectedWire(sent))
         #expect(port.log.entries.allSatisfy { $0.status == .success })
@@ -815,33 +822,32 @@ struct SimulatedKernelTests {
 
         // Lengths.
         let list = try #require(pool.allocate(packetCount: 2))
-        var packets = list.packets.makeIterator()
-        let first = packets.next()
-        let packet = try #require(first)
-        #expect(packet.capacity == SimulatedPort.frameSize - 256)
-        #expect(throws: AFXDPError.emptyFrame) { try packet.setLength(0) }
-        #expect(throws: AFXDPError.emptyFrame) { try packet.setLength(-1) }
-        #expect(throws: AFXDPError.frameTooLarge(length: 1793, maximum: 1792)) { try packet.setLength(1793) }
-        #expect(throws: AFXDPError.frameTooLarge(length: 2049, maximum: 1792)) {
-            try packet.setLength(SimulatedPort.frameSize + 1)
+        try list.packets.withPacket(at: 0) { (packet: borrowing Packet) throws in
+            #expect(try packet.capacity == SimulatedPort.frameSize - 256)
+            #expect(throws: AFXDPError.invalidFrameLength(0)) { try packet.setLength(0) }
+            #expect(throws: AFXDPError.invalidFrameLength(-1)) { try packet.setLength(-1) }
+            #expect(throws: AFXDPError.frameTooLarge(length: 1793, maximum: 1792)) { try packet.setLength(1793) }
+            #expect(throws: AFXDPError.frameTooLarge(length: 2049, maximum: 1792)) {
+                try packet.setLength(SimulatedPort.frameSize + 1)
+            }
+            #expect(try packet.length == 0, "a refused length changes nothing")
+            try packet.setLength(1792)
+            #expect(try packet.length == 1792)
         }
-        #expect(packet.length == 0, "a refused length changes nothing")
-        try packet.setLength(1792)
-        #expect(packet.length == 1792)
         // A list with an empty packet is refused and stays the caller's.
         #expect(throws: AFXDPError.emptyFrame) { try port.send(list) }
-        #expect(pool.isCurrent(list))
+        #expect(list.isOwnedByCaller)
 
         // A returned handle is stale, even once its slot is handed out again.
         try port.returnList(list)
-        #expect(!pool.isCurrent(list))
+        #expect(!list.isOwnedByCaller)
         #expect(throws: AFXDPError.listAlreadyReturned) { try port.returnList(list) }
         #expect(throws: AFXDPError.listAlreadyReturned) { try pool.transition(list, from: .caller, to: .engine) }
         let successor = try #require(pool.allocate(packetCount: 1))
         #expect(successor.slot == list.slot, "the slot was reused")
         #expect(throws: AFXDPError.listAlreadyReturned) { try pool.transition(list, from: .caller, to: .engine) }
         #expect(throws: AFXDPError.listAlreadyReturned) { try port.returnList(list) }
-        #expect(pool.isCurrent(successor), "the stale handle did not disturb the new owner")
+        #expect(successor.isOwnedByCaller, "the stale handle did not disturb the new owner")
 
         // A list the engine owns (queued or in flight) is not the caller's to send or return.
         try port.prepare(successor)
@@ -871,10 +877,12 @@ struct ResendTests {
         try #require(try port.sendNew(packetCount: 2) != nil)
         drive(port, &kernel) { port.log.entries.count == 1 }
         let list = try #require(port.log.entries.first).list
-        #expect(list.status == .success)
+        #expect(try list.status == .success)
 
         try port.sendAgain(list)
-        #expect(list.status == .pending, "sent again and not completed yet")
+        // Sent again and not completed yet: the engine's, so the caller may not read it.
+        #expect(throws: AFXDPError.listNotOwnedByCaller) { try list.status }
+        #expect(port.pool.lists[Int(list.slot)].status == .pending)
         drive(port, &kernel) { port.log.entries.count == 2 }
         #expect(port.log.entries.map(\.status) == [.success, .success])
         #expect(kernel.wire.count == 4)
@@ -892,6 +900,8 @@ struct ResendTests {
         var kernel = SimulatedKernel(port)
         port.admission = .paused
         try #require(try port.sendNew(packetCount: 2) != nil)
+        #expect(port.log.entries.isEmpty, "send calls no handler")
+        port.poll()
         #expect(port.log.entries.map(\.status) == [.paused])
         #expect(kernel.transmit() == 0, "nothing went out while paused")
         let list = try #require(port.log.entries.first).list
@@ -935,7 +945,7 @@ struct CloseTests {
         #expect(kernel.wire.count == 8, "nothing was placed once closing began")
 
         // The caller's lists are still the caller's: returning them brings every frame home.
-        #expect(port.pool.isCurrent(unsent))
+        #expect(unsent.isOwnedByCaller)
         try port.returnList(unsent)
         try port.returnAllCompleted()
         let home = port.pool.sendPoolCounts
@@ -957,10 +967,11 @@ struct CloseTests {
         // The racing send, landing after the drain while close owns the region.
         let list = try #require(port.pool.allocate(packetCount: 2))
         let sequence = try port.prepare(list)
-        port.doorbell.ownership.acquire()
+        #expect(port.doorbell.ownership.tryAcquire())
         try port.send(list)
         #expect(!port.doorbell.mailbox.isEmpty, "the list waits in the mailbox for the region's owner")
         port.context.abandonInFlight(mailbox: port.doorbell.mailbox)
+        port.context.deliver()
         port.doorbell.ownership.release()
 
         #expect(port.log.sequences == [sequence], "every list sent completes exactly once")

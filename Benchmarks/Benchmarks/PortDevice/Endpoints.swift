@@ -127,16 +127,22 @@ final class Endpoint: @unchecked Sendable {
     /// then returns the list at once.
     @inline(__always)
     private func receive(_ indication: ReceiveIndication) {
-        for packet in indication.list.packets {
-            if let frame = TestFrame.parse(UnsafeRawBufferPointer(packet.bytes)) {
-                if frame.sequence != nextSequenceExpected { outOfOrder += 1 }
-                if !frame.intact { corrupted += 1 }
-                nextSequenceExpected = frame.sequence &+ 1
-            } else {
-                corrupted += 1
+        var count = 0
+        do {
+            try indication.list.packets.forEach { packet throws(AFXDPError) in
+                count += 1
+                if let frame = TestFrame.parse(UnsafeRawBufferPointer(try packet.bytes)) {
+                    if frame.sequence != nextSequenceExpected { outOfOrder += 1 }
+                    if !frame.intact { corrupted += 1 }
+                    nextSequenceExpected = frame.sequence &+ 1
+                } else {
+                    corrupted += 1
+                }
             }
+        } catch {
+            fatalError("an indicated list was not the caller's: \(error)")
         }
-        receivedPackets += indication.list.count
+        receivedPackets += count
         do {
             try indication.port.returnList(indication.list)
         } catch {
@@ -150,7 +156,7 @@ final class Endpoint: @unchecked Sendable {
     func prepareLists(sizes: [Int], frameLength: Int, destination: MACAddress) throws {
         guard let port else { preconditionFailure("open the port first") }
         for size in sizes {
-            guard let list = port.allocateList(packetCount: size) else {
+            guard let list = try port.allocateList(packetCount: size) else {
                 throw BenchmarkSetupError("the send pool of \(interface) has no list of \(size) packets")
             }
             try write(list, frameLength: frameLength, destination: destination)
@@ -162,9 +168,9 @@ final class Endpoint: @unchecked Sendable {
     /// Writes a test frame into each packet, with this end's next sequence numbers.
     @inline(__always)
     func write(_ list: PacketList, frameLength: Int, destination: MACAddress) throws(AFXDPError) {
-        for packet in list.packets {
+        try list.packets.forEach { packet throws(AFXDPError) in
             TestFrame.write(
-                into: packet.buffer, length: frameLength, sequence: nextSequenceToSend,
+                into: try packet.buffer, length: frameLength, sequence: nextSequenceToSend,
                 source: macAddress, destination: destination)
             try packet.setLength(frameLength)
             nextSequenceToSend &+= 1

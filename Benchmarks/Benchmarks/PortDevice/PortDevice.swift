@@ -219,7 +219,7 @@ final class DeviceFixture {
         let target = b.receivedPackets + packetsPerIteration
         do {
             for size in sizes {
-                guard let list = port.allocateList(packetCount: size) else { return false }
+                guard let list = try port.allocateList(packetCount: size) else { return false }
                 try a.write(list, frameLength: frameLength, destination: b.macAddress)
                 try port.send(list)
             }

@@ -35,7 +35,7 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("pool-allocate-return-list-of-64") { benchmark, fixture in
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
-            let list = fixture.port.allocateList(packetCount: packetsPerList)!
+            let list = try fixture.port.allocateList(packetCount: packetsPerList)!
             try fixture.port.returnList(list)
         }
         benchmark.stopMeasurement()
@@ -46,11 +46,11 @@ let benchmarks: @Sendable () -> Void = {
     // Building a list: setting the length of each of its 64 packets and
     // touching its first bytes, as a sender writing headers would.
     Benchmark("list-build-64-packets") { benchmark, fixture in
-        let list = fixture.port.allocateList(packetCount: packetsPerList)!
+        let list = try fixture.port.allocateList(packetCount: packetsPerList)!
         benchmark.startMeasurement()
         for cycle in benchmark.scaledIterations {
-            for packet in list.packets {
-                packet.buffer.storeBytes(of: UInt64(cycle), toByteOffset: 14, as: UInt64.self)
+            try list.packets.forEach { packet throws(AFXDPError) in
+                try packet.buffer.storeBytes(of: UInt64(cycle), toByteOffset: 14, as: UInt64.self)
                 try packet.setLength(frameLength)
             }
         }
@@ -104,8 +104,9 @@ final class CompletedSlot: @unchecked Sendable {
     // @unchecked: one thread (see above).
     private var list: PacketList?
     func put(_ completed: SendCompletions) {
-        precondition(completed.count == 1 && list == nil, "one list in flight at a time")
-        list = completed[0]
+        var lists = completed.makeIterator()
+        list = lists.next()
+        precondition(list != nil && lists.next() == nil, "one list in flight at a time")
     }
     func take() -> PacketList? {
         defer { list = nil }
@@ -133,10 +134,10 @@ final class SimulatedFixture: @unchecked Sendable {
     }
 
     func filledList() -> PacketList {
-        let list = port.allocateList(packetCount: packetsPerList)!
-        for packet in list.packets {
-            packet.buffer.initializeMemory(as: UInt8.self, repeating: 0xA5)
-            try! packet.setLength(frameLength)
+        let list = try! port.allocateList(packetCount: packetsPerList)!
+        try! list.packets.forEach { packet throws(AFXDPError) in
+            try packet.buffer.initializeMemory(as: UInt8.self, repeating: 0xA5)
+            try packet.setLength(frameLength)
         }
         return list
     }

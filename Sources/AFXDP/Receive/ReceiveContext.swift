@@ -3,22 +3,22 @@ import Atomics
 
 /// What the receive handler is given: a list of received packets pointing
 /// into the UMEM. The list is the caller's until it calls `Port.returnList`;
-/// until then the engine does not touch its frames.
+/// until then the engine does not touch its frames. The indication is a
+/// plain value: keeping it (or its list) past the handler call is safe.
 public struct ReceiveIndication {
     /// The port that received the list.
-    public var port: Port { receivingPort }
-    // unowned(unsafe): handed to the handler while the port runs it, so the
-    // port is alive; a strong reference would cost a retain and a release per list.
-    @usableFromInline unowned(unsafe) let receivingPort: Port
+    public let port: Port
     public let list: PacketList
+    /// The port was low on receive frames when it indicated this list (the
+    /// caller holds most of them): return lists promptly or frames will be
+    /// dropped.
+    public let lowResources: Bool
 
-    @inlinable init(port: Port, list: PacketList) {
-        receivingPort = port
+    @inlinable init(port: Port, list: PacketList, lowResources: Bool) {
+        self.port = port
         self.list = list
+        self.lowResources = lowResources
     }
-    /// The port is low on receive frames (the caller holds most of them):
-    /// return lists promptly or frames will be dropped.
-    public var lowResources: Bool { list.indicatedWithLowResources }
 }
 
 /// The receive region of a port: the RX ring, the fill ring, and the
@@ -55,17 +55,15 @@ final class ReceiveContext: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var isLowOnResources = false
     let socketFD: Int32
     let onReceive: @Sendable (ReceiveIndication) -> Void
-    /// The port this region belongs to, and its identity for `HandlerScope`;
-    /// set once, right after the port is made.
-    @exclusivity(unchecked) unowned(unsafe) var port: Port! {
-        didSet { portIdentity = HandlerScope.identity(of: port) }
-    }
-    @exclusivity(unchecked) private var portIdentity: UnsafeRawPointer?
+    /// The port this region belongs to; set once, right after the port is
+    /// made. The port owns this region, so it outlives every pass.
+    @exclusivity(unchecked) unowned(unsafe) var port: Port!
 
     // MARK: Counters (owner writes, anyone reads)
     let counters = ReceiveCounters()
-    /// Receive frames held by the caller (indicated, not returned). Written by
-    /// the owner; read by anyone.
+    /// Receive frames held by the caller (indicated, not returned), and the
+    /// engine's free frames and large chunks as of its last pass: written by
+    /// the owner, read by anyone (`Port.poolStatus` never waits for the region).
     private let heldStorage = UnsafeMutablePointer<Int.AtomicRepresentation>.allocate(capacity: 16)
 
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
@@ -98,7 +96,19 @@ final class ReceiveContext: @unchecked Sendable {
     }
 
     private var held: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage) }
+    private var publishedFreeFrames: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage + 1) }
+    private var publishedFreeLargeChunks: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage + 2) }
     var framesHeldByCaller: Int { held.load(ordering: .relaxed) }
+    /// Receive frames the engine has (free, or with the kernel), as of the last pass.
+    var framesWithEngine: Int { publishedFreeFrames.load(ordering: .relaxed) + counters.framesWithKernel }
+    /// Receive large chunks not lent to a list, as of the last pass.
+    var largeChunksFree: Int { publishedFreeLargeChunks.load(ordering: .relaxed) }
+
+    /// Publishes the owner-only counts that `Port.poolStatus` reads.
+    private func publish() {
+        publishedFreeFrames.store(freeFrames.count, ordering: .relaxed)
+        publishedFreeLargeChunks.store(freeLargeChunks.count, ordering: .relaxed)
+    }
 
     // MARK: The pass
 
@@ -109,6 +119,7 @@ final class ReceiveContext: @unchecked Sendable {
     @discardableResult
     func service(mailbox: SlotMailbox, maximumLists: Int = 4) -> Bool {
         var progress = takeReturns(mailbox)
+        defer { publish() }
         guard ringsOpen else { return progress }
         refill()
         for _ in 0..<maximumLists {
@@ -126,6 +137,7 @@ final class ReceiveContext: @unchecked Sendable {
     @discardableResult
     func takeReturns(_ mailbox: SlotMailbox) -> Bool {
         guard !mailbox.isEmpty else { return false }
+        defer { publish() }
         let first = mailbox.takeAll(links: pool.lists)
         var returned: UInt32 = 0
         var slot = first
@@ -179,6 +191,13 @@ final class ReceiveContext: @unchecked Sendable {
         return true
     }
 
+    /// Gives the kernel its receive frames before the first frame arrives.
+    /// Indicates nothing (no handler runs).
+    func prime() {
+        refill()
+        publish()
+    }
+
     private func refill() {
         if !freeFrames.isEmpty {
             let (start, granted) = fill.reserve(upTo: UInt32(freeFrames.count))
@@ -208,7 +227,7 @@ final class ReceiveContext: @unchecked Sendable {
         guard count > 0 else { return false }
         // A slot holds a packet or more, and there is a slot per receive
         // frame: slots never run out before frames do.
-        let head = freeSlots.pop()!
+        guard let head = freeSlots.pop() else { invariantFailed("no free receive list slot", file: #file, line: #line) }
         let list = pool.lists + Int(head)
         // Addresses below this are receive frames.
         let limit = UInt64(pool.receiveFrameCount) &<< UInt64(pool.frameShift)
@@ -231,7 +250,7 @@ final class ReceiveContext: @unchecked Sendable {
             let packets = pool.chunk(chunk) + Int(filled)
             packets.update(from: first, count: Int(run))
             for offset in 0..<Int(run) {
-                precondition(packets[offset].address < limit, "RX ring returned a frame outside the receive pool")
+                invariant(packets[offset].address < limit, "the RX ring returned address \(packets[offset].address), outside the receive pool")
                 bytes &+= Int(truncatingIfNeeded: packets[offset].length)
             }
             index &+= run
@@ -239,7 +258,7 @@ final class ReceiveContext: @unchecked Sendable {
             if filled < capacity && index != end { continue }
             lists[Int(chunk)].chunkCount = filled
             if index == end { break }
-            let next = freeSlots.pop()!
+            guard let next = freeSlots.pop() else { invariantFailed("no free receive list slot", file: #file, line: #line) }
             capacity = pool.attachChunk(to: next, remaining: end &- index, from: &freeLargeChunks)
             lists[Int(chunk)].chunkNext = next
             chunk = next
@@ -253,13 +272,14 @@ final class ReceiveContext: @unchecked Sendable {
         list.pointee.unsetLengths = 0
         list.pointee.ownersStamped = false
         pool.resetHeader(head)
-        list.pointee.lowResources = framesWithKernel + freeFrames.count < lowWatermark
+        let lowResources = framesWithKernel + freeFrames.count < lowWatermark
         held.store(held.load(ordering: .relaxed) &+ Int(count), ordering: .relaxed)
         counters.add(packets: Int(count), bytes: bytes)
         let generation = pool.generation(of: head)
         pool.setState(head, .caller, generation: generation)
-        let indication = ReceiveIndication(port: port, list: PacketList(pool: pool, slot: head, generation: generation))
-        HandlerScope.run(for: portIdentity) { onReceive(indication) }
+        let indication = ReceiveIndication(
+            port: port, list: PacketList(pool: pool, slot: head, generation: generation), lowResources: lowResources)
+        HandlerContext.run { onReceive(indication) }
         return true
     }
 
@@ -291,5 +311,6 @@ final class ReceiveContext: @unchecked Sendable {
         }
         counters.add(framesWithKernel: -framesWithKernel)
         framesWithKernel = 0
+        publish()
     }
 }

@@ -39,19 +39,22 @@ final class SendContext: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var framesInFlight: UInt32 = 0
     /// Frames in the priority queues, not yet placed.
     @exclusivity(unchecked) private var queuedFrames: UInt32 = 0
-    /// Lists completed by the current pass, delivered as one batch.
-    private let completedBatch: UnsafeMutablePointer<PacketList>
+    /// Lists completed and not yet delivered, in completion order, as state
+    /// words (generation << 32 | slot). Passes that may not run handlers
+    /// (`send`'s) collect into it; the next pass that may delivers it as one
+    /// batch. A list is in it at most once, so `listCount` entries suffice.
+    private let completedBatch: UnsafeMutablePointer<UInt64>
     @exclusivity(unchecked) private var completedCount = 0
+    /// Bumped after each delivery: a `SendCompletions` view made for an
+    /// earlier one reads as empty. Written by the owner, read by anyone.
+    private let deliveryEpochStorage: UnsafeMutablePointer<UInt64.AtomicRepresentation>
     let socketFD: Int32
     let kickOnlyWhenAsked: Bool
     let onComplete: @Sendable (SendCompletions) -> Void
-    /// The port this region belongs to, and its identity for `HandlerScope`;
-    /// set once, right after the port is made (never in tests that drive a
-    /// send region alone).
-    @exclusivity(unchecked) unowned(unsafe) var port: Port? {
-        didSet { portIdentity = port.map { HandlerScope.identity(of: $0) } }
-    }
-    @exclusivity(unchecked) private var portIdentity: UnsafeRawPointer?
+    /// The port this region belongs to; set once, right after the port is
+    /// made (never in tests that drive a send region alone). The port owns
+    /// this region, so it outlives every pass.
+    @exclusivity(unchecked) unowned(unsafe) var port: Port?
 
     // MARK: Counters (owner writes, anyone reads)
     let counters: SendCounters
@@ -75,6 +78,8 @@ final class SendContext: @unchecked Sendable {
         inFlightNext = .allocate(capacity: pool.listCount)
         inFlightNext.initialize(repeating: noSlot, count: pool.listCount)
         completedBatch = .allocate(capacity: pool.listCount)
+        deliveryEpochStorage = .allocate(capacity: 8)
+        deliveryEpochStorage.initialize(repeating: .init(0), count: 8)
         counters = SendCounters()
         _ = leadingPadding
         _ = trailingPadding
@@ -85,17 +90,26 @@ final class SendContext: @unchecked Sendable {
         queueTails.deallocate()
         inFlightNext.deallocate()
         completedBatch.deallocate()
+        deliveryEpochStorage.deallocate()
     }
 
+    /// Lists queued or in flight (not counting completed ones awaiting delivery).
     var hasWork: Bool { inFlightHead != noSlot || hasQueued }
+
+    /// Completed lists not yet delivered to the handler.
+    var hasUndelivered: Bool { completedCount > 0 }
+
+    var deliveryEpoch: UnsafeAtomic<UInt64> { UnsafeAtomic(at: deliveryEpochStorage) }
 
     // MARK: The pass
 
     /// One pass of the send side: takes what the mailbox holds, reaps the
     /// completion ring, places queued frames into the TX ring, kicks the
-    /// kernel and delivers the completed lists in one batch. Returns whether
-    /// anything moved. `admit` is `.success` while the port runs; otherwise
-    /// new and queued lists complete with that status instead of being sent.
+    /// kernel and collects the lists that completed. It calls no handler:
+    /// `deliver` does, and only from the passes allowed to (poll, pause,
+    /// close, the port's thread), never from `send`. Returns whether anything
+    /// moved. `admit` is `.success` while the port runs; otherwise new and
+    /// queued lists complete with that status instead of being sent.
     @discardableResult
     func service(mailbox: SlotMailbox, admit: SendStatus) -> Bool {
         var progress = takeMailbox(mailbox)
@@ -103,9 +117,8 @@ final class SendContext: @unchecked Sendable {
         if reapCompletions() { progress = true }
         if admit == .success, place() { progress = true }
         if kick() { progress = true }
-        collectCompleted()
-        deliver()
-        return progress || completedCount > 0
+        if collectCompleted() { progress = true }
+        return progress
     }
 
     /// Moves what other threads sent into the priority queues, in send order.
@@ -127,7 +140,6 @@ final class SendContext: @unchecked Sendable {
         guard takeMailbox(mailbox) else { return false }
         stopPlacing(status: .closing)
         collectCompleted()
-        deliver()
         return true
     }
 
@@ -162,11 +174,11 @@ final class SendContext: @unchecked Sendable {
         pool.forEachSlot(of: list) { _, packets in
             for packet in packets {
                 let frame = packet.address &>> shift
-                precondition(frame < frameCount, "a packet's address is outside the UMEM")
+                invariant(frame < frameCount, "a packet's address \(packet.address) is outside the UMEM")
                 // Received descriptors are kept as the kernel wrote them; their
                 // options are 0 without multi-buffer (XDP_USE_SG, never set
                 // here), and a TX descriptor with other bits would be refused.
-                precondition(packet.options == 0, "a received descriptor carries options: multi-buffer is not supported")
+                invariant(packet.options == 0, "a received descriptor carries options \(packet.options): multi-buffer is never enabled")
                 pool.frameOwner[Int(truncatingIfNeeded: frame)] = list
             }
         }
@@ -265,7 +277,7 @@ final class SendContext: @unchecked Sendable {
             }
         }
         let placed = index &- start
-        precondition(placed == granted, "placed \(placed) of \(granted) reserved TX slots")
+        invariant(placed == granted, "placed \(placed) of \(granted) reserved TX slots")
         guard placed > 0 else { return false }
         tx.submit()
         framesInFlight &+= placed
@@ -301,15 +313,21 @@ final class SendContext: @unchecked Sendable {
     /// Reads the completion ring: each address names a frame, each frame
     /// names its list (`frameOwner`); a list is done when none of its frames is out.
     /// Consecutive completions mostly belong to one list, so they are counted
-    /// in runs and each run is subtracted once.
+    /// in runs and each run is subtracted once. A completion the engine did
+    /// not expect (an address outside the UMEM, a frame whose list is not in
+    /// flight, more completions than a list has out) is counted in
+    /// `invalidCompletions` and otherwise ignored: the table is not trusted
+    /// blindly, since the kernel's side of the ring is not ours.
+    @discardableResult
     private func reapCompletions() -> Bool {
         let (start, count) = completion.peek(upTo: completion.size)
         guard count > 0 else { return false }
         let shift = UInt64(pool.frameShift)
         let frameCount = UInt64(pool.frameCount)
-        let owners = pool.frameOwner, lists = pool.lists
+        let owners = pool.frameOwner
         var runOwner = noSlot
         var runLength: UInt32 = 0
+        var invalid: UInt32 = 0
         var index = start
         var remaining = count
         // At most two pieces: up to the ring's end, then from its start.
@@ -322,8 +340,8 @@ final class SendContext: @unchecked Sendable {
                 // common case: a list's frames come back together)...
                 while end - address >= 2 {
                     let frame0 = address[0] &>> shift, frame1 = address[1] &>> shift
-                    precondition(max(frame0, frame1) < frameCount, "completion ring returned an address outside the UMEM")
-                    guard owners[Int(truncatingIfNeeded: frame0)] == runOwner,
+                    guard max(frame0, frame1) < frameCount,
+                        owners[Int(truncatingIfNeeded: frame0)] == runOwner,
                         owners[Int(truncatingIfNeeded: frame1)] == runOwner
                     else { break }
                     runLength &+= 2
@@ -332,30 +350,48 @@ final class SendContext: @unchecked Sendable {
                 guard address != end else { break }
                 // ...then one, which may start the next run.
                 let frame = address.pointee &>> shift
-                precondition(frame < frameCount, "completion ring returned an address outside the UMEM")
+                address += 1
+                guard frame < frameCount else {
+                    invalid &+= 1
+                    continue
+                }
                 let owner = owners[Int(truncatingIfNeeded: frame)]
                 if owner == runOwner {
                     runLength &+= 1
                 } else {
-                    if runLength > 0 { lists[Int(runOwner)].outstanding -= runLength }
+                    invalid &+= settle(runOwner, runLength)
                     runOwner = owner
                     runLength = 1
                 }
-                address += 1
             }
             index &+= length
             remaining &-= length
         }
-        lists[Int(runOwner)].outstanding -= runLength
+        invalid &+= settle(runOwner, runLength)
         completion.release()
-        framesInFlight &-= count
+        framesInFlight &-= count &- invalid
+        if invalid > 0 { counters.add(invalidCompletions: Int(invalid)) }
         return true
     }
 
+    /// Counts a run of `length` completions against list `owner`; returns
+    /// how many of them the list did not have out (invalid).
+    @inline(__always)
+    private func settle(_ owner: UInt32, _ length: UInt32) -> UInt32 {
+        guard length > 0 else { return 0 }
+        guard Int(owner) < pool.listCount, pool.lists[Int(owner)].inFlight else { return length }
+        let outstanding = pool.lists[Int(owner)].outstanding
+        let valid = min(outstanding, length)
+        pool.lists[Int(owner)].outstanding = outstanding &- valid
+        return length &- valid
+    }
+
     /// Pops finished lists off the in-flight FIFO's head into the batch.
-    private func collectCompleted() {
+    @discardableResult
+    private func collectCompleted() -> Bool {
         var packets = 0
         var bytes = 0
+        let before = completedCount
         while inFlightHead != noSlot {
             let slot = inFlightHead
             let record = pool.lists + Int(slot)
@@ -370,58 +406,139 @@ final class SendContext: @unchecked Sendable {
                 packets += Int(record.pointee.count)
                 bytes += Int(record.pointee.placedBytes)
             }
-            let generation = pool.generation(of: slot)
-            pool.setState(slot, .caller, generation: generation)
-            completedBatch[completedCount] = PacketList(pool: pool, slot: slot, generation: generation)
+            // Still the engine's until delivered: the caller learns of it
+            // only then, and must not find it sendable before.
+            completedBatch[completedCount] = UInt64(pool.generation(of: slot)) << 32 | UInt64(slot)
             completedCount += 1
         }
         if packets > 0 { counters.add(packets: packets, bytes: bytes) }
+        return completedCount > before
     }
 
-    private func deliver() {
-        guard completedCount > 0 else { return }
-        let batch = SendCompletions(port: port, lists: UnsafeBufferPointer(start: completedBatch, count: completedCount))
-        counters.add(completedLists: completedCount)
+    /// Hands the completed lists to the completion handler as one batch, in
+    /// completion order. Only from the passes allowed to call handlers, by
+    /// the region's owner: deliveries never overlap, so batches keep their
+    /// order. Returns whether there was anything to deliver.
+    @discardableResult
+    func deliver() -> Bool {
+        guard completedCount > 0 else { return false }
+        let count = completedCount
+        counters.add(completedLists: count)
+        // The lists become the caller's as they are handed over.
+        for index in 0..<count {
+            let word = completedBatch[index]
+            pool.setState(UInt32(truncatingIfNeeded: word), .caller, generation: UInt32(truncatingIfNeeded: word >> 32))
+        }
+        let epoch = deliveryEpoch.load(ordering: .relaxed)
+        let batch = SendCompletions(port: port, context: self, count: count, epoch: epoch)
+        HandlerContext.run { onComplete(batch) }
+        // The handler cannot have run a pass of this region (this thread owns
+        // it), so nothing was added to the batch meanwhile.
         completedCount = 0
-        HandlerScope.run(for: portIdentity) { onComplete(batch) }
+        deliveryEpoch.store(epoch &+ 1, ordering: .releasing)
+        return true
+    }
+
+    /// The batch being delivered, for `SendCompletions`.
+    @inline(__always)
+    func completed(at index: Int) -> (slot: UInt32, generation: UInt32) {
+        let word = completedBatch[index]
+        return (UInt32(truncatingIfNeeded: word), UInt32(truncatingIfNeeded: word >> 32))
+    }
+
+    /// Close, right before the socket goes: one last look at the completion
+    /// ring, then the descriptors the kernel never took out of the TX ring
+    /// (from its consumer index to ours) are counted as not sent. The TX
+    /// ring is first in, first out and a list's packets are placed in order,
+    /// so what a list has there is the end of what it placed:
+    /// `placedPackets` then counts exactly the packets the kernel took.
+    func settleBeforeTeardown() {
+        reapCompletions()
+        let shift = UInt64(pool.frameShift)
+        var index = tx.consumerIndex
+        let end = tx.producerIndex
+        while index != end {
+            let frame = tx[index].address &>> shift
+            index &+= 1
+            guard frame < UInt64(pool.frameCount) else { continue }
+            let owner = pool.frameOwner[Int(truncatingIfNeeded: frame)]
+            guard Int(owner) < pool.listCount, pool.lists[Int(owner)].outstanding > 0 else { continue }
+            pool.lists[Int(owner)].outstanding -= 1
+            pool.lists[Int(owner)].placedPackets -= 1
+            // Not all of it went out: it cannot complete as a success.
+            if pool.lists[Int(owner)].status == .pending { pool.lists[Int(owner)].status = .closing }
+            framesInFlight &-= 1
+        }
+        collectCompleted()
     }
 
     /// Close, once the socket is gone: every list still queued, in flight or
-    /// in the mailbox completes with `.closing`; the kernel no longer holds
-    /// its frames.
+    /// in the mailbox completes with `.closing`. Frames the kernel took and
+    /// never completed stay counted as sent (see `settleBeforeTeardown`);
+    /// the kernel no longer holds any frame. Collects; `deliver` hands them over.
     func abandonInFlight(mailbox: SlotMailbox) {
         takeMailbox(mailbox)
         stopPlacing(status: .closing)
         var slot = inFlightHead
         while slot != noSlot {
-            // Frames whose completion never came back are not counted as sent.
-            pool.lists[Int(slot)].placedPackets -= pool.lists[Int(slot)].outstanding
             pool.lists[Int(slot)].outstanding = 0
             if pool.lists[Int(slot)].status == .pending { pool.lists[Int(slot)].status = .closing }
             slot = inFlightNext[Int(slot)]
         }
         framesInFlight = 0
         collectCompleted()
-        deliver()
     }
 }
 
-/// The lists one send pass completed, in completion order. Valid only during
-/// the completion handler call: copy the handles out if you keep them.
-public struct SendCompletions: RandomAccessCollection {
-    /// The port that completed them (nil only in tests that drive a send region alone).
-    public var port: Port! { completingPort }
-    // unowned(unsafe): valid for the handler call only, while the port runs
-    // it; a strong reference would cost a retain and a release per batch.
-    @usableFromInline unowned(unsafe) let completingPort: Port?
-    public let lists: UnsafeBufferPointer<PacketList>
+/// The lists one delivery completed, in completion order: what the
+/// completion handler is given. Each list is the caller's again: reuse it,
+/// send it again or return it.
+///
+/// A view of the engine's delivery buffer, valid during the handler call
+/// only; the buffer is reused by the next delivery. Iterate it there (copy
+/// the `PacketList` handles out to keep them: they stay valid). A view kept
+/// past its handler call is harmless but empty: it yields no list and
+/// `isValid` is false.
+public struct SendCompletions: Sequence {
+    let completingPort: Port?
+    let context: SendContext
+    let epoch: UInt64
+    let storedCount: Int
 
-    init(port: Port?, lists: UnsafeBufferPointer<PacketList>) {
+    init(port: Port?, context: SendContext, count: Int, epoch: UInt64) {
         completingPort = port
-        self.lists = lists
+        self.context = context
+        self.storedCount = count
+        self.epoch = epoch
     }
 
-    public var startIndex: Int { 0 }
-    public var endIndex: Int { lists.count }
-    public subscript(position: Int) -> PacketList { lists[position] }
+    /// The port that completed them.
+    public var port: Port {
+        guard let completingPort else { invariantFailed("a send region driven without a port has no port to give", file: #file, line: #line) }
+        return completingPort
+    }
+
+    /// Whether the view is still the delivery being made (inside its handler call).
+    public var isValid: Bool { context.deliveryEpoch.load(ordering: .acquiring) == epoch }
+
+    /// How many lists the delivery holds (0 once the handler call has returned).
+    public var count: Int { isValid ? storedCount : 0 }
+
+    public var underestimatedCount: Int { count }
+
+    public func makeIterator() -> Iterator { Iterator(view: self) }
+
+    public struct Iterator: IteratorProtocol {
+        let view: SendCompletions
+        var index = 0
+
+        init(view: SendCompletions) { self.view = view }
+
+        public mutating func next() -> PacketList? {
+            guard index < view.storedCount, view.isValid else { return nil }
+            let (slot, generation) = view.context.completed(at: index)
+            index += 1
+            return PacketList(pool: view.context.pool, slot: slot, generation: generation)
+        }
+    }
 }

@@ -27,8 +27,15 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     case programLoadFailed(errno: Int32, log: String)
     /// A frame's length exceeds what one UMEM frame can hold.
     case frameTooLarge(length: Int, maximum: Int)
-    /// A frame of length zero cannot be sent.
+    /// A list with a packet whose length was never set cannot be sent.
     case emptyFrame
+    /// A packet length below 1 byte.
+    case invalidFrameLength(Int)
+    /// A list of this many packets can never be allocated (below 1, or more
+    /// than the send pool holds).
+    case invalidPacketCount(requested: Int, maximum: Int)
+    /// An 802.1p priority outside 0...7.
+    case priorityOutOfRange(Int)
     /// The list handle is stale: it was returned (or freed) already.
     case listAlreadyReturned
     /// The list is in the engine's hands (queued or in flight), not the caller's.
@@ -68,10 +75,18 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
             return "loading the XDP program failed: \(String(cString: strerror(errno))) (errno \(errno))"
                 + (log.isEmpty ? "" : "\nlibbpf said:\n\(log)")
         case .frameTooLarge(let length, let maximum):
-            return "frame of \(length) bytes does not fit a UMEM frame (at most \(maximum) bytes); "
-                + "use a larger frameSize (4096) or split the data"
+            return "frame of \(length) bytes does not fit a UMEM frame (at most \(maximum) bytes here); "
+                + (maximum <= 2048 ? "use frameSize 4096, or split the data" : "split the data into frames of at most \(maximum) bytes")
         case .emptyFrame:
-            return "a frame of length 0 cannot be sent; give each packet a length of at least 1 byte"
+            return "a packet of this list has no length set (a frame of length 0 cannot be sent); "
+                + "call setLength with 1 byte or more on every packet before sending"
+        case .invalidFrameLength(let length):
+            return "a packet length of \(length) bytes is not valid; give each packet a length of at least 1 byte"
+        case .invalidPacketCount(let requested, let maximum):
+            return "a list of \(requested) packets can never be allocated: a list holds 1 to \(maximum) packets here "
+                + "(the send pool's size; raise PortConfiguration.sendFrameCount for longer lists)"
+        case .priorityOutOfRange(let priority):
+            return "802.1p priority \(priority) is out of range; use 0 (lowest) to 7 (highest)"
         case .listAlreadyReturned:
             return "this packet list was already returned to its pool; a list handle is valid only from "
                 + "allocation or indication until it is returned, and must be returned exactly once"

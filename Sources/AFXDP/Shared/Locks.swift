@@ -34,30 +34,28 @@ final class PThreadLock: @unchecked Sendable {
 
 /// "One owner at a time" for the send region and for the receive region.
 ///
-/// Not a lock that callers wait on: the hot paths only *try* to take it, and
+/// Not a lock that callers wait on: every path only *tries* to take it, and
 /// a thread that finds it taken leaves its work in the region's mailbox for
-/// the owner. Only pause, restart and close wait for it.
+/// the owner (or comes back on a later pass). The owner is recorded as its
+/// thread's token (`cafxdp_thread_token`), so a thread that calls back into a
+/// region it already owns, from a handler at any depth, is recognised instead
+/// of waiting for itself.
 /// Lives in its own padded allocation: other threads write it, so it must not
 /// share a cache line with the region's owner-only fields.
 struct RegionOwnership: @unchecked Sendable {
-    // @unchecked: the flag is an atomic in memory that lives as long as the port.
-    private let flag: UnsafeAtomic<Bool>
+    // @unchecked: the word is an atomic in memory that lives as long as the port.
+    private let owner: UnsafeAtomic<UInt>
 
-    init(at storage: UnsafeMutablePointer<Bool.AtomicRepresentation>) {
-        storage.initialize(to: .init(false))
-        flag = UnsafeAtomic(at: storage)
+    init(at storage: UnsafeMutablePointer<UInt.AtomicRepresentation>) {
+        storage.initialize(to: .init(0))
+        owner = UnsafeAtomic(at: storage)
     }
 
     @inline(__always)
     func tryAcquire() -> Bool {
         // Sequentially consistent (free on x86): with the mailbox push before
         // it and the mailbox check after `release`, no wake-up is lost.
-        flag.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
-    }
-
-    /// Waits until this thread owns the region. Not for hot paths.
-    func acquire() {
-        while !tryAcquire() { sched_yield() }
+        owner.compareExchange(expected: 0, desired: cafxdp_thread_token(), ordering: .sequentiallyConsistent).exchanged
     }
 
     /// Lets go. Sequentially consistent, because the owner checks its mailbox
@@ -65,15 +63,12 @@ struct RegionOwnership: @unchecked Sendable {
     /// thread that pushed meanwhile and failed `tryAcquire` would be missed.
     @inline(__always)
     func release() {
-        _ = flag.exchange(false, ordering: .sequentiallyConsistent)
+        _ = owner.exchange(0, ordering: .sequentiallyConsistent)
     }
 
-    /// Runs `body` as the owner, waiting for ownership first.
-    func withOwnership<R>(_ body: () throws -> R) rethrows -> R {
-        acquire()
-        defer { release() }
-        return try body()
-    }
+    /// Whether the calling thread owns the region (it is inside one of the
+    /// region's passes, e.g. in a handler that pass called).
+    var isOwnedByCurrentThread: Bool { owner.load(ordering: .relaxed) == cafxdp_thread_token() }
 }
 
 /// A lock-free stack of list slots that any thread may push to and that the
@@ -126,8 +121,13 @@ struct SlotMailbox: @unchecked Sendable {
 /// Marks the end of a chain of slots or frames.
 @usableFromInline let noSlot: UInt32 = .max
 
-/// Memory for the atomics other threads write into a region (its ownership
-/// flag and mailbox), padded so nothing else shares their cache lines.
+/// A single-owner region's door: who owns it now, and the mailbox where
+/// other threads leave work. The atomics other threads write live in a padded
+/// allocation of their own, so nothing else shares their cache lines.
+///
+/// `runIfFree` is the one way a region is driven: take it if no one has it,
+/// run a pass, let go, and look at the mailbox again (a thread that found the
+/// region taken left its work there and went on).
 final class RegionDoorbell: @unchecked Sendable {
     // @unchecked: holds only atomics (see RegionOwnership, SlotMailbox).
     private let storage: UnsafeMutableRawPointer
@@ -137,37 +137,67 @@ final class RegionDoorbell: @unchecked Sendable {
     init() {
         storage = .allocate(byteCount: 256, alignment: 128)
         storage.initializeMemory(as: UInt8.self, repeating: 0, count: 256)
-        ownership = RegionOwnership(at: storage.bindMemory(to: Bool.AtomicRepresentation.self, capacity: 1))
+        ownership = RegionOwnership(at: storage.bindMemory(to: UInt.AtomicRepresentation.self, capacity: 1))
         mailbox = SlotMailbox(
             at: (storage + 128).bindMemory(to: UInt32.AtomicRepresentation.self, capacity: 1))
     }
 
     deinit { storage.deallocate() }
+
+    /// Runs `pass` as the region's owner if no thread owns it, then lets go.
+    /// After letting go, if the mailbox has work that arrived meanwhile and
+    /// the region is free, runs `pass` again: at most `rounds` passes in all,
+    /// so that no call does unbounded work for other threads. Work left in
+    /// the mailbox after that is taken by the region's next pass (every
+    /// `poll()`, or the port's own thread). Returns whether a pass ran.
+    @inline(__always)
+    @discardableResult
+    func runIfFree(rounds: Int, _ pass: () -> Void) -> Bool {
+        var ran = false
+        var left = rounds
+        while left > 0, ownership.tryAcquire() {
+            pass()
+            ownership.release()
+            ran = true
+            left -= 1
+            if mailbox.isEmpty { break }
+        }
+        return ran
+    }
 }
 
-/// Which port's handler the current thread is running. A handler runs while
-/// its side of the port is owned by the thread that called it, so a call
-/// from the handler that waits for that side (close, pause, poolStatus)
-/// would wait for ever: it traps with an explanation instead.
-enum HandlerScope {
-    /// `port` is the port's identity (`identity(of:)`), taken once, so
-    /// that the hot path does not retain the port to compute it.
+/// Where the calling thread is with respect to the engine's handlers.
+///
+/// Handlers (receive, completion) run while the thread that calls them owns
+/// that side of the port. A call from a handler that would wait for another
+/// thread (close, pause) could wait for ever: that thread may itself be
+/// waiting for a region this one holds (A's handler closing B while B's
+/// handler closes A). So inside any handler those calls do not wait: they
+/// start what they must and leave the rest to the port's next pass.
+enum HandlerContext {
+    /// Runs a handler, counting it as one level deeper.
     @inline(__always)
-    static func run(for port: UnsafeRawPointer?, _ body: () -> Void) {
-        let previous = cafxdp_handler_scope_get()
-        cafxdp_handler_scope_set(port)
+    static func run(_ body: () -> Void) {
+        let depth = cafxdp_handler_depth_get()
+        cafxdp_handler_depth_set(depth &+ 1)
         body()
-        cafxdp_handler_scope_set(previous)
+        cafxdp_handler_depth_set(depth)
     }
 
-    static func identity(of port: AnyObject) -> UnsafeRawPointer {
-        UnsafeRawPointer(Unmanaged.passUnretained(port).toOpaque())
-    }
+    /// Whether the calling thread is inside a handler of any port.
+    static var isInsideHandler: Bool { cafxdp_handler_depth_get() > 0 }
+}
 
-    static func precondition(notInsideHandlerOf port: AnyObject, _ call: String) {
-        Swift.precondition(
-            cafxdp_handler_scope_get() != identity(of: port),
-            "\(call) was called from this port's own receive or completion handler, where it would wait for ever "
-                + "(the handler's side of the port is owned by its caller): call it from another thread")
-    }
+/// Checks one of the engine's own invariants. A failure is a bug in the
+/// engine (or the kernel broke the ring protocol), never the caller's
+/// mistake: those throw. Unlike `precondition`, whose message `-O` drops,
+/// the message reaches the caller in release builds too.
+@inline(__always)
+func invariant(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String, file: StaticString = #file, line: UInt = #line) {
+    if !condition() { invariantFailed(message(), file: file, line: line) }
+}
+
+@inline(never)
+func invariantFailed(_ message: String, file: StaticString, line: UInt) -> Never {
+    fatalError("swift-afxdp internal invariant broken: \(message). Please report this.", file: file, line: line)
 }

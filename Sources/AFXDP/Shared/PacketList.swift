@@ -1,4 +1,5 @@
 import AFXDPRings
+import Atomics
 
 /// A NET_BUFFER_LIST: a handle to a list of packets, each one UMEM frame.
 ///
@@ -6,14 +7,24 @@ import AFXDPRings
 /// the completion handler gives it back with a `status`. Received frames are
 /// indicated as lists too, pointing into the UMEM without a copy.
 ///
-/// A handle is valid from allocation (or indication) until it is returned
-/// with `Port.returnList`; after that every use is detected (the handle's
-/// generation no longer matches) and refused with `.listAlreadyReturned`.
-/// While a list is queued or in flight the engine owns it, and its packets
-/// must not be touched. Handles never outlive their `Port` object.
+/// **Who may use a handle.** A list is the caller's from allocation,
+/// indication or completion until it is sent or returned. While it is the
+/// caller's, every accessor works. Otherwise every accessor throws instead of
+/// touching the list: `.listNotOwnedByCaller` while the engine has it (queued
+/// or in flight: wait for its completion), `.listAlreadyReturned` once it was
+/// returned (the handle is stale for good, even after the slot is reused by
+/// another list). The same holds for its `Packet`s.
+///
+/// **Lifetime.** A handle keeps the memory it points into alive (the pool's
+/// tables and the UMEM mapping), even past its port: a list the caller still
+/// holds after `close()` stays readable until it is returned. Handles are
+/// plain values: copy them, keep them in sets, pass them to other threads.
+/// One thread at a time should use a given list (as with any value the
+/// caller owns): a list returned on one thread while another writes its
+/// packets is the caller's race.
 public struct PacketList: Hashable, Sendable, CustomStringConvertible {
-    // unowned(unsafe): a handle is a plain value on hot paths; the port keeps the pool alive.
-    @usableFromInline unowned(unsafe) let pool: PacketPool
+    /// Strong: a handle keeps the pool (and through it the UMEM) alive.
+    @usableFromInline let pool: PacketPool
     @usableFromInline let slot: UInt32
     @usableFromInline let generation: UInt32
 
@@ -34,142 +45,267 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
         hasher.combine(generation)
     }
 
-    public var description: String { "PacketList(slot: \(slot), generation: \(generation), packets: \(count))" }
+    public var description: String {
+        switch pool.ownership(of: self) {
+        case .caller: return "PacketList(slot: \(slot), generation: \(generation), packets: \(pool.lists[Int(slot)].count))"
+        case .engine: return "PacketList(slot: \(slot), generation: \(generation), with the engine)"
+        case .stale: return "PacketList(slot: \(slot), generation: \(generation), returned)"
+        }
+    }
 
+    /// Whether the list is the caller's to use right now (not sent, not returned).
+    public var isOwnedByCaller: Bool { pool.ownership(of: self) == .caller }
+
+    /// The list's record, once the handle is checked to be the caller's.
     @inlinable @inline(__always)
-    var record: UnsafeMutablePointer<ListRecord> { pool.lists + Int(slot) }
+    func ownedRecord() throws(AFXDPError) -> UnsafeMutablePointer<ListRecord> {
+        try pool.checkOwnedByCaller(slot: slot, word: PacketPool.packed(generation, .caller))
+        return pool.lists + Int(slot)
+    }
 
     /// Number of packets.
-    @inlinable public var count: Int { Int(record.pointee.count) }
+    @inlinable public var count: Int {
+        get throws(AFXDPError) { Int(try ownedRecord().pointee.count) }
+    }
 
     /// How the send ended; `.pending` until the list is completed.
-    @inlinable public var status: SendStatus { record.pointee.status }
+    @inlinable public var status: SendStatus {
+        get throws(AFXDPError) { try ownedRecord().pointee.status }
+    }
 
     /// Once a send has completed: how many of the list's packets the kernel
-    /// took and gave back, counted from the first. All of them for
+    /// took from the TX ring, counted from the first. All of them for
     /// `.success`; for `.paused` or `.closing`, packets from this index on
-    /// were not sent (resend those, not the whole list).
-    @inlinable public var sentPacketCount: Int { Int(record.pointee.placedPackets) }
+    /// were never taken (resend those, not the whole list). A packet the
+    /// kernel took is counted even if its completion had not come back when
+    /// the port closed: it left the socket, and resending it would duplicate it.
+    @inlinable public var sentPacketCount: Int {
+        get throws(AFXDPError) { Int(try ownedRecord().pointee.placedPackets) }
+    }
 
     /// 802.1p priority, 0 (lowest) to 7 (highest). Lists of higher priority
     /// may be sent, and completed, before lists of lower priority sent earlier;
     /// within one priority the order is always the caller's.
-    @inlinable public var priority: UInt8 {
-        get { record.pointee.priority }
-        nonmutating set {
-            precondition(newValue < 8, "802.1p priority is 0...7, got \(newValue)")
-            record.pointee.priority = newValue
+    @inlinable public var priority: Int {
+        get throws(AFXDPError) { Int(try ownedRecord().pointee.priority) }
+    }
+
+    /// Sets the 802.1p priority (0...7) the list is sent with.
+    @inlinable
+    public func setPriority(_ priority: Int) throws(AFXDPError) {
+        let record = try ownedRecord()
+        guard (0...7).contains(priority) else { throw .priorityOutOfRange(priority) }
+        record.pointee.priority = UInt8(truncatingIfNeeded: priority)
+    }
+
+    /// Bytes the caller (or a layer stacked above) may use for its own per-list
+    /// state while it holds the list, instead of allocating a descriptor
+    /// (`PacketPool.contextAreaSize` of them). Valid while the list is the
+    /// caller's; the engine never reads or writes them.
+    @inlinable public var contextArea: UnsafeMutableRawBufferPointer {
+        get throws(AFXDPError) {
+            _ = try ownedRecord()
+            return UnsafeMutableRawBufferPointer(
+                start: pool.contextAreas + Int(slot) * PacketPool.contextAreaSize, count: PacketPool.contextAreaSize)
         }
     }
 
-    /// Set on a received list indicated while the port was low on receive
-    /// frames: return it (or copy what you need and return it) promptly.
-    @inlinable public var indicatedWithLowResources: Bool { record.pointee.lowResources }
-
-    /// Bytes the caller (or a layer stacked above) may use for its own per-list
-    /// state while it holds the list, instead of allocating a descriptor.
-    @inlinable public var contextArea: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(
-            start: pool.contextAreas + Int(slot) * PacketPool.contextAreaSize, count: PacketPool.contextAreaSize)
+    /// The packets, in order: `try list.packets.forEach { packet in ... }`.
+    @inlinable public var packets: Packets {
+        get throws(AFXDPError) { Packets(list: self, count: Int(try ownedRecord().pointee.count)) }
     }
 
-    /// The packets, in order.
-    @inlinable public var packets: Packets { Packets(pool: pool, list: slot, count: Int(record.pointee.count)) }
-
     /// Total bytes of all packets.
-    public var byteCount: Int { packets.reduce(0) { $0 + $1.length } }
+    public var byteCount: Int {
+        get throws(AFXDPError) {
+            _ = try ownedRecord()
+            var total = 0
+            pool.forEachSlot(of: slot) { _, packets in for packet in packets { total += Int(packet.length) } }
+            return total
+        }
+    }
 
-    /// The packets of a list, as a sequence (walks the list's slots).
-    public struct Packets: Sequence {
-        @usableFromInline unowned(unsafe) let pool: PacketPool
-        @usableFromInline let list: UInt32
+    /// The packets of a list. Made from a handle that was the caller's.
+    ///
+    /// A `Packet` is lent to a closure and cannot leave it (it is
+    /// `~Copyable`, and borrowed): no packet can outlive the walk that made
+    /// it, so none can point into memory that is gone. Each one still checks,
+    /// when used, that its list is the caller's (it may have been returned
+    /// inside the closure).
+    public struct Packets {
+        @usableFromInline let list: PacketList
         public let count: Int
-        @inlinable init(pool: PacketPool, list: UInt32, count: Int) {
-            self.pool = pool
+
+        @inlinable init(list: PacketList, count: Int) {
             self.list = list
             self.count = count
         }
-        @inlinable public var underestimatedCount: Int { count }
-        @inlinable public func makeIterator() -> Iterator { Iterator(pool: pool, list: list) }
 
-        public struct Iterator: IteratorProtocol {
-            @usableFromInline unowned(unsafe) let pool: PacketPool
-            @usableFromInline let list: UInt32
-            /// The next packet, while `remaining` packets are left in this slot.
-            @usableFromInline var entry: UnsafeMutablePointer<XDPDescriptor>
-            @usableFromInline var remaining: UInt32
-            /// The slot after this one, or `noSlot`.
-            @usableFromInline var nextSlot: UInt32
-            @inlinable init(pool: PacketPool, list: UInt32) {
-                self.pool = pool
-                self.list = list
-                entry = pool.chunk(list)
-                remaining = 0
-                nextSlot = list
-            }
-            @inlinable @inline(__always) public mutating func next() -> Packet? {
-                if remaining == 0 {
-                    guard nextSlot != noSlot else { return nil }
-                    entry = pool.chunk(nextSlot)
-                    remaining = pool.lists[Int(nextSlot)].chunkCount
-                    nextSlot = pool.lists[Int(nextSlot)].chunkNext
+        /// Calls `body` with each packet, in order. Stops early, without an
+        /// error, if the list stops being the caller's meanwhile.
+        @inlinable @inline(__always)
+        public func forEach<E: Error>(_ body: (borrowing Packet) throws(E) -> Void) throws(E) {
+            let pool = list.pool
+            let expected = PacketPool.packed(list.generation, .caller)
+            let word = pool.word(list.slot)
+            let record = pool.lists + Int(list.slot)
+            let umem = pool.umem
+            let frameShift = pool.frameShift
+            var slot = list.slot
+            while slot != noSlot, word.load(ordering: .relaxed) == expected {
+                var entry = pool.chunk(slot)
+                let end = entry + Int(pool.lists[Int(slot)].chunkCount)
+                slot = pool.lists[Int(slot)].chunkNext
+                while entry != end {
+                    try body(Packet(word: word, expected: expected, entry: entry, record: record, umem: umem, frameShift: frameShift))
+                    entry += 1
                 }
-                remaining &-= 1
-                let packet = Packet(pool: pool, entry: entry, list: list)
-                entry += 1
-                return packet
             }
+        }
+
+        /// Calls `body` with the packet at `index` (0 is the first) and returns
+        /// what it returns; nil if `index` is outside the list, or the list
+        /// stopped being the caller's. Walks the list's slots: O(index / 64).
+        @inlinable
+        public func withPacket<R, E: Error>(at index: Int, _ body: (borrowing Packet) throws(E) -> R) throws(E) -> R? {
+            guard index >= 0, index < count else { return nil }
+            let pool = list.pool
+            let expected = PacketPool.packed(list.generation, .caller)
+            let word = pool.word(list.slot)
+            var slot = list.slot
+            var skip = index
+            while slot != noSlot, word.load(ordering: .relaxed) == expected {
+                let inSlot = Int(pool.lists[Int(slot)].chunkCount)
+                if skip < inSlot {
+                    return try body(Packet(
+                        word: word, expected: expected, entry: pool.chunk(slot) + skip, record: pool.lists + Int(list.slot),
+                        umem: pool.umem, frameShift: pool.frameShift))
+                }
+                skip -= inSlot
+                slot = pool.lists[Int(slot)].chunkNext
+            }
+            return nil
+        }
+
+        /// The packets' lengths, in order.
+        public var lengths: [Int] {
+            var lengths: [Int] = []
+            lengths.reserveCapacity(count)
+            forEach { packet in lengths.append(Int(truncatingIfNeeded: packet.entry.pointee.length)) }
+            return lengths
         }
     }
 }
 
-/// A NET_BUFFER: one packet, one UMEM frame. Its bytes are the UMEM itself;
-/// do not keep the pointers past the time the list is yours.
-public struct Packet {
-    @usableFromInline unowned(unsafe) let pool: PacketPool
+/// A NET_BUFFER: one packet, one UMEM frame. Its bytes are the UMEM itself.
+///
+/// Lent to the closure of `PacketList.Packets.forEach`, and usable there
+/// only: it cannot be copied or kept. Every accessor checks that the list is
+/// still the caller's and throws `.listAlreadyReturned` or
+/// `.listNotOwnedByCaller` otherwise. The pointers it gives (`bytes`,
+/// `buffer`) point into the UMEM, which stays mapped while any handle of the
+/// pool lives; do not write through them once the list is sent or returned.
+public struct Packet: ~Copyable {
+    // Raw pointers only, no reference to the pool: a packet lives inside a
+    // walk over its list, whose handle (strong) keeps the pool and the UMEM
+    // alive for longer; touching the pool object here would cost a retain
+    // and a release per packet.
+    /// The list's state word, and its value while the caller owns the list.
+    @usableFromInline let word: UnsafeAtomic<UInt64>
+    @usableFromInline let expected: UInt64
     /// The packet's descriptor in its list's slot.
     @usableFromInline let entry: UnsafeMutablePointer<XDPDescriptor>
-    /// The first slot of the packet's list.
-    @usableFromInline let list: UInt32
+    /// The list's record (its first slot).
+    @usableFromInline let record: UnsafeMutablePointer<ListRecord>
+    @usableFromInline let umem: UnsafeMutableRawPointer
+    /// log2 of the frame size.
+    @usableFromInline let frameShift: UInt32
 
-    @inlinable init(pool: PacketPool, entry: UnsafeMutablePointer<XDPDescriptor>, list: UInt32) {
-        self.pool = pool
+    @inlinable @inline(__always)
+    init(
+        word: UnsafeAtomic<UInt64>, expected: UInt64, entry: UnsafeMutablePointer<XDPDescriptor>,
+        record: UnsafeMutablePointer<ListRecord>, umem: UnsafeMutableRawPointer, frameShift: UInt32
+    ) {
+        self.word = word
+        self.expected = expected
         self.entry = entry
-        self.list = list
+        self.record = record
+        self.umem = umem
+        self.frameShift = frameShift
     }
 
+    @inlinable @inline(__always)
+    func check() throws(AFXDPError) {
+        let current = word.load(ordering: .relaxed)
+        if current != expected { throw PacketPool.ownershipError(current: current, expected: expected) }
+    }
+
+    @inlinable var offsetMask: UInt64 { (1 &<< UInt64(frameShift)) &- 1 }
+
     /// The frame's index in the UMEM.
-    @inlinable public var frame: UInt32 { UInt32(truncatingIfNeeded: entry.pointee.address &>> UInt64(pool.frameShift)) }
+    @inlinable public var frame: UInt32 {
+        get throws(AFXDPError) {
+            try check()
+            return UInt32(truncatingIfNeeded: entry.pointee.address &>> UInt64(frameShift))
+        }
+    }
 
     /// Length of the packet in bytes.
-    @inlinable public var length: Int { Int(truncatingIfNeeded: entry.pointee.length) }
+    @inlinable public var length: Int {
+        get throws(AFXDPError) {
+            try check()
+            return Int(truncatingIfNeeded: entry.pointee.length)
+        }
+    }
 
     /// The frame's byte offset in the UMEM (the address the rings carry, minus the data offset).
-    @inlinable public var frameAddress: UInt64 { entry.pointee.address & ~pool.offsetMask }
+    @inlinable public var frameAddress: UInt64 {
+        get throws(AFXDPError) {
+            try check()
+            return entry.pointee.address & ~offsetMask
+        }
+    }
 
     /// The packet's bytes (`length` of them).
     @inlinable public var bytes: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: data, count: length)
+        get throws(AFXDPError) {
+            try check()
+            return UnsafeMutableRawBufferPointer(start: data, count: Int(truncatingIfNeeded: entry.pointee.length))
+        }
     }
 
     /// The whole room a packet may use in this frame, for writing before `setLength`.
     @inlinable public var buffer: UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: data, count: capacity)
+        get throws(AFXDPError) {
+            try check()
+            return UnsafeMutableRawBufferPointer(start: data, count: room)
+        }
     }
 
     /// The most bytes this frame can hold from the packet's start.
-    @inlinable public var capacity: Int { pool.frameSize &- Int(truncatingIfNeeded: entry.pointee.address & pool.offsetMask) }
+    @inlinable public var capacity: Int {
+        get throws(AFXDPError) {
+            try check()
+            return room
+        }
+    }
+
+    @inlinable var room: Int {
+        (1 &<< Int(frameShift)) &- Int(truncatingIfNeeded: entry.pointee.address & offsetMask)
+    }
 
     /// Where the packet starts. (Addresses are below the UMEM's size, so the
     /// conversions here and above cannot truncate; they skip the check.)
-    @inlinable var data: UnsafeMutableRawPointer { pool.umem + Int(truncatingIfNeeded: entry.pointee.address) }
+    @inlinable var data: UnsafeMutableRawPointer { umem + Int(truncatingIfNeeded: entry.pointee.address) }
 
     /// Sets the packet's length; it must be 1...capacity.
     @inlinable @inline(__always)
     public func setLength(_ length: Int) throws(AFXDPError) {
-        guard length > 0 else { throw .emptyFrame }
-        guard length <= capacity else { throw .frameTooLarge(length: length, maximum: capacity) }
-        if entry.pointee.length == 0 { pool.lists[Int(list)].unsetLengths -= 1 }
+        try check()
+        guard length > 0 else { throw .invalidFrameLength(length) }
+        let room = self.room
+        guard length <= room else { throw .frameTooLarge(length: length, maximum: room) }
+        if entry.pointee.length == 0 { record.pointee.unsetLengths -= 1 }
         entry.pointee.length = UInt32(truncatingIfNeeded: length)
     }
 }

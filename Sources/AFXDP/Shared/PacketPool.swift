@@ -45,7 +45,6 @@ struct ListRecord {
     @usableFromInline var priority: UInt8
     /// Send side: whether the list is already in the in-flight FIFO.
     @usableFromInline var inFlight: Bool
-    @usableFromInline var lowResources: Bool
     /// Whether `PacketPool.frameOwner` names this list for each of its
     /// frames: set when a send list is allocated, or when a received list is
     /// first sent. A frame stays in one list until the list is returned.
@@ -159,6 +158,9 @@ public final class PacketPool: @unchecked Sendable {
     /// The largest packet a send frame holds.
     public var maximumSendLength: Int { frameSize - sendHeadroom }
 
+    /// Frames in the send pool in all: the longest list that can be allocated.
+    public var sendFrameCount: Int { frameCount - receiveFrameCount }
+
     init(
         umem: UnsafeMutableRawPointer, frameSize: Int, frameCount: Int, receiveFrameCount: Int, sendHeadroom: Int,
         umemOwner: AnyObject? = nil
@@ -178,7 +180,7 @@ public final class PacketPool: @unchecked Sendable {
             repeating: ListRecord(
                 chunkBase: 0, chunkNext: noSlot, chunkCount: 0, count: 0, next: noSlot, placeChunk: noSlot, placeIndex: 0,
                 outstanding: 0, placedBytes: 0, placedPackets: 0, unsetLengths: 0, status: .pending, priority: 0,
-                inFlight: false, lowResources: false, ownersStamped: false),
+                inFlight: false, ownersStamped: false),
             count: listCount)
         for slot in 0..<listCount { lists[slot].chunkBase = UInt32(slot) * Self.inlineCapacity }
         let sendFrameCount = frameCount - receiveFrameCount
@@ -258,10 +260,38 @@ public final class PacketPool: @unchecked Sendable {
 
     func home(ofList slot: UInt32) -> Home { Int(slot) < receiveListCount ? .receive : .send }
 
-    /// Whether the handle is current (not returned since it was made).
-    public func isCurrent(_ list: PacketList) -> Bool {
-        list.pool === self && generation(of: list.slot) == list.generation
-            && ListState(rawValue: UInt32(truncatingIfNeeded: word(list.slot).load(ordering: .acquiring))) != .free
+    /// Throws unless the list at `slot` is the caller's under the handle whose
+    /// state word (generation, `.caller`) is `word`: the check every handle
+    /// accessor makes. A relaxed load: the caller got the handle through a
+    /// call that already ordered its accesses; this catches stale handles.
+    @inlinable @inline(__always)
+    func checkOwnedByCaller(slot: UInt32, word expected: UInt64) throws(AFXDPError) {
+        let current = word(slot).load(ordering: .relaxed)
+        if current == expected { return }
+        throw Self.ownershipError(current: current, expected: expected)
+    }
+
+    @inlinable @inline(__always)
+    func isOwnedByCaller(slot: UInt32, word expected: UInt64) -> Bool {
+        word(slot).load(ordering: .relaxed) == expected
+    }
+
+    @usableFromInline
+    static func ownershipError(current: UInt64, expected: UInt64) -> AFXDPError {
+        current >> 32 != expected >> 32 ? .listAlreadyReturned : .listNotOwnedByCaller
+    }
+
+    /// Who may use a handle now.
+    enum HandleOwnership { case caller, engine, stale }
+
+    func ownership(of list: PacketList) -> HandleOwnership {
+        let current = word(list.slot).load(ordering: .acquiring)
+        if UInt32(truncatingIfNeeded: current >> 32) != list.generation { return .stale }
+        switch ListState(rawValue: UInt32(truncatingIfNeeded: current)) {
+        case .caller: return .caller
+        case .engine: return .engine
+        case .free, nil: return .stale
+        }
     }
 
     /// The first packet of slot `slot`'s chunk.
@@ -309,7 +339,7 @@ public final class PacketPool: @unchecked Sendable {
     /// (length 0) and ready to write. Returns nil when the pool has too few
     /// frames left: wait for completions and return completed lists.
     func allocate(packetCount: Int) -> PacketList? {
-        precondition(packetCount > 0, "a list holds at least one packet")
+        invariant(packetCount > 0 && packetCount <= sendFrameCount, "a list of \(packetCount) packets reached the pool")
         let headroom = UInt64(sendHeadroom)
         let shift = UInt64(frameShift)
         let slot: UInt32? = sharedLock.withLock {
@@ -322,14 +352,14 @@ public final class PacketPool: @unchecked Sendable {
                 let take = min(remaining, capacity)
                 let packets = chunk(slot)
                 for index in 0..<Int(take) {
-                    let frame = sendFreeFrames.pop()!
+                    guard let frame = sendFreeFrames.pop() else { invariantFailed("send frames counted but missing", file: #file, line: #line) }
                     packets[index] = XDPDescriptor(address: UInt64(frame) &<< shift | headroom, length: 0)
                     frameOwner[Int(frame)] = head
                 }
                 lists[Int(slot)].chunkCount = take
                 remaining -= take
                 if remaining == 0 { break }
-                let next = sendFreeLists.pop()!
+                guard let next = sendFreeLists.pop() else { invariantFailed("send list slots counted but missing", file: #file, line: #line) }
                 lists[Int(slot)].chunkNext = next
                 slot = next
             }
@@ -354,7 +384,6 @@ public final class PacketPool: @unchecked Sendable {
         lists[Int(slot)].placeIndex = 0
         lists[Int(slot)].placedPackets = 0
         lists[Int(slot)].next = noSlot
-        lists[Int(slot)].lowResources = false
     }
 
     /// Gives a send-home list and its frames back to the send pool. The list
@@ -376,6 +405,6 @@ public final class PacketPool: @unchecked Sendable {
     }
 
     func state(of slot: UInt32) -> ListState {
-        ListState(rawValue: UInt32(truncatingIfNeeded: word(slot).load(ordering: .acquiring)))!
+        ListState(rawValue: UInt32(truncatingIfNeeded: word(slot).load(ordering: .acquiring))) ?? .free
     }
 }

@@ -28,7 +28,9 @@ class CounterBlock: @unchecked Sendable {
 
 /// The send region's counters.
 final class SendCounters: CounterBlock, @unchecked Sendable {
-    private enum Index: Int, CaseIterable { case packets, bytes, completedLists, queuedFrames, ringFull, kicks, kickErrors, dropped }
+    private enum Index: Int, CaseIterable {
+        case packets, bytes, completedLists, queuedFrames, ringFull, kicks, kickErrors, dropped, invalidCompletions
+    }
     init() { super.init(count: Index.allCases.count) }
     @inline(__always) func add(packets: Int, bytes: Int) { add(Index.packets.rawValue, packets); add(Index.bytes.rawValue, bytes) }
     @inline(__always) func add(completedLists: Int) { add(Index.completedLists.rawValue, completedLists) }
@@ -37,12 +39,16 @@ final class SendCounters: CounterBlock, @unchecked Sendable {
     @inline(__always) func noteKicks(_ count: Int) { add(Index.kicks.rawValue, count) }
     @inline(__always) func noteKickError() { add(Index.kickErrors.rawValue, 1) }
     @inline(__always) func noteDropped() { add(Index.dropped.rawValue, 1) }
+    @inline(__always) func add(invalidCompletions: Int) { add(Index.invalidCompletions.rawValue, invalidCompletions) }
+    /// Lists completed (delivered) so far: with the lists `send` accepted, says whether any is outstanding.
+    var completedLists: Int { read(Index.completedLists.rawValue) }
     func snapshot() -> Statistics.Send {
         Statistics.Send(
             packets: read(Index.packets.rawValue), bytes: read(Index.bytes.rawValue),
             completedLists: read(Index.completedLists.rawValue), queuedFrames: read(Index.queuedFrames.rawValue),
             ringFullEvents: read(Index.ringFull.rawValue), kicks: read(Index.kicks.rawValue),
-            kickErrors: read(Index.kickErrors.rawValue), dropped: read(Index.dropped.rawValue))
+            kickErrors: read(Index.kickErrors.rawValue), dropped: read(Index.dropped.rawValue),
+            invalidCompletions: read(Index.invalidCompletions.rawValue))
     }
 }
 
@@ -57,6 +63,7 @@ final class ReceiveCounters: CounterBlock, @unchecked Sendable {
     }
     @inline(__always) func noteLowResources() { add(Index.lowResources.rawValue, 1) }
     @inline(__always) func add(framesWithKernel change: Int) { add(Index.framesWithKernel.rawValue, change) }
+    var framesWithKernel: Int { read(Index.framesWithKernel.rawValue) }
     func snapshot(heldByCaller: Int, kernel: KernelSocketStatistics) -> Statistics.Receive {
         Statistics.Receive(
             packets: read(Index.packets.rawValue), bytes: read(Index.bytes.rawValue),
@@ -99,6 +106,10 @@ public struct Statistics: Sendable {
         public var kickErrors: Int
         /// Lists completed with a status other than success.
         public var dropped: Int
+        /// Completion-ring entries the engine did not expect (an address
+        /// outside the UMEM, or a frame it had not sent) and ignored. A
+        /// correct kernel never produces one.
+        public var invalidCompletions: Int
     }
     public struct Receive: Sendable, Equatable {
         public var packets: Int

@@ -73,6 +73,21 @@ int cafxdp_socket_create(struct xsk_socket **socket, const char *ifname,
 // Why a wrapper: the option length must match the struct the kernel expects.
 int cafxdp_statistics(int fd, struct xdp_statistics *out);
 
+// --- Socket options ---------------------------------------------------------
+
+// Why here: Swift's Glibc module does not name the busy-polling options added
+// in Linux 5.11; these constants carry the kernel's values to Swift. Delete
+// them when Glibc exports SO_PREFER_BUSY_POLL and SO_BUSY_POLL_BUDGET.
+#include <sys/socket.h>
+#ifndef SO_PREFER_BUSY_POLL
+#define SO_PREFER_BUSY_POLL 69
+#endif
+#ifndef SO_BUSY_POLL_BUDGET
+#define SO_BUSY_POLL_BUDGET 70
+#endif
+static const int cafxdp_so_prefer_busy_poll = SO_PREFER_BUSY_POLL;
+static const int cafxdp_so_busy_poll_budget = SO_BUSY_POLL_BUDGET;
+
 // --- Namespaces -------------------------------------------------------------
 
 // Why a wrapper: glibc declares setns() and CLONE_NEWNET only under
@@ -80,16 +95,25 @@ int cafxdp_statistics(int fd, struct xdp_statistics *out);
 // thread into the network namespace `fd` refers to. Returns 0 or -errno.
 int cafxdp_enter_network_namespace(int fd);
 
-// --- Handler scope ----------------------------------------------------------
+// --- Thread identity and handler depth --------------------------------------
 
-// Which port's handler this thread is running (see Swift's HandlerScope).
 // Why here: Swift has no thread-local variables of its own, and
-// pthread_getspecific / pthread_setspecific are a library call each, paid
-// twice per handler call on the hot path; a C thread-local is a plain load
-// and store.
-extern __thread const void *cafxdp_handler_scope;
+// pthread_getspecific / pthread_setspecific are a library call each, paid on
+// the hot path; a C thread-local is a plain load and store.
 
-static inline const void *cafxdp_handler_scope_get(void) { return cafxdp_handler_scope; }
-static inline void cafxdp_handler_scope_set(const void *port) { cafxdp_handler_scope = port; }
+// A word that names the calling thread: the address of a thread-local, never
+// 0, unique among the threads alive. A region's owner is recorded with it, so
+// that a thread calling back into a region it already owns (from a handler,
+// at any depth) is recognised instead of waiting for itself.
+extern __thread char cafxdp_thread_token_storage;
+static inline uintptr_t cafxdp_thread_token(void) { return (uintptr_t)&cafxdp_thread_token_storage; }
+
+// How many engine handlers (receive, completion) the calling thread is
+// inside, over every port: calls that would wait for another thread (close,
+// pause) do not wait when it is above 0, since that thread may be waiting
+// for one this thread holds.
+extern __thread long cafxdp_handler_depth;
+static inline long cafxdp_handler_depth_get(void) { return cafxdp_handler_depth; }
+static inline void cafxdp_handler_depth_set(long depth) { cafxdp_handler_depth = depth; }
 
 #endif

@@ -49,3 +49,19 @@ struct Deadline {
     init(seconds: Int) { end = ContinuousClock.now.advanced(by: .seconds(seconds)) }
     var passed: Bool { ContinuousClock.now >= end }
 }
+
+/// Starts `body` on a detached thread that no one joins (a watchdog).
+func detachThread(_ body: @escaping @Sendable () -> Void) {
+    final class Box: @unchecked Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    var thread = pthread_t()
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    let result = pthread_create(&thread, nil, { argument in
+        Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue().body()
+        return nil
+    }, box)
+    precondition(result == 0)
+    pthread_detach(thread)
+}

@@ -40,17 +40,21 @@ final class ReceiveChecker: @unchecked Sendable {
     func handle(_ indication: ReceiveIndication) {
         if indication.lowResources { lowResourceIndications += 1 }
         var count = 0
-        for packet in indication.list.packets {
-            guard let parsed = TestFrame.parse(UnsafeRawBufferPointer(packet.bytes)) else {
-                foreign += 1
-                continue
+        do {
+            try indication.list.packets.forEach { packet throws(AFXDPError) in
+                guard let parsed = TestFrame.parse(UnsafeRawBufferPointer(try packet.bytes)) else {
+                    foreign += 1
+                    return
+                }
+                if !parsed.intact { corrupted += 1 }
+                if holding.load(ordering: .relaxed) { heldSequences.append(parsed.sequence) }
+                let (stream, n) = Stream.split(parsed.sequence)
+                if n != next[stream] { outOfOrder += 1 }
+                next[stream] = n &+ 1
+                count += 1
             }
-            if !parsed.intact { corrupted += 1 }
-            if holding.load(ordering: .relaxed) { heldSequences.append(parsed.sequence) }
-            let (stream, n) = Stream.split(parsed.sequence)
-            if n != next[stream] { outOfOrder += 1 }
-            next[stream] = n &+ 1
-            count += 1
+        } catch {
+            fatalError("an indicated list was not the caller's: \(error)")
         }
         received.wrappingIncrement(by: count, ordering: .releasing)
         if holding.load(ordering: .relaxed) {
@@ -89,13 +93,16 @@ final class CompletionChecker: @unchecked Sendable {
 
     init(trackIdentity: Bool = false) { self.trackIdentity = trackIdentity }
 
-    static func tag(_ list: PacketList, stream: Int, number: UInt64) {
-        list.contextArea.storeBytes(of: UInt64(stream), toByteOffset: 0, as: UInt64.self)
-        list.contextArea.storeBytes(of: number, toByteOffset: 8, as: UInt64.self)
+    static func tag(_ list: PacketList, stream: Int, number: UInt64) throws {
+        let area = try list.contextArea
+        area.storeBytes(of: UInt64(stream), toByteOffset: 0, as: UInt64.self)
+        area.storeBytes(of: number, toByteOffset: 8, as: UInt64.self)
     }
 
+    /// The tag of a list the caller holds (a completed one).
     static func tagOf(_ list: PacketList) -> (stream: Int, number: UInt64) {
-        (Int(list.contextArea.load(fromByteOffset: 0, as: UInt64.self)), list.contextArea.load(fromByteOffset: 8, as: UInt64.self))
+        guard let area = try? list.contextArea else { fatalError("a completed list was not the caller's") }
+        return (Int(area.load(fromByteOffset: 0, as: UInt64.self)), area.load(fromByteOffset: 8, as: UInt64.self))
     }
 
     func handle(_ batch: SendCompletions) {
@@ -105,7 +112,7 @@ final class CompletionChecker: @unchecked Sendable {
                 if number != state.nextList[stream] { state.outOfOrder += 1 }
                 state.nextList[stream] = number &+ 1
                 state.completed += 1
-                state.statuses[list.status, default: 0] += 1
+                state.statuses[(try? list.status) ?? .pending, default: 0] += 1
                 state.free.append(list)
             }
         }
@@ -124,9 +131,9 @@ let vethQueueWindow = 256
 /// Writes test frames into a list: packet k gets sequence `first + k`.
 func fill(_ list: PacketList, stream: Int, firstSequence: UInt64, length: Int, from: MACAddress, to: MACAddress) throws {
     var n = firstSequence
-    for packet in list.packets {
+    try list.packets.forEach { packet throws(AFXDPError) in
         TestFrame.write(
-            into: packet.buffer, length: length, sequence: Stream.sequence(stream: stream, n), source: from, destination: to)
+            into: try packet.buffer, length: length, sequence: Stream.sequence(stream: stream, n), source: from, destination: to)
         try packet.setLength(length)
         n += 1
     }
@@ -170,19 +177,19 @@ struct Generator {
             let count = min(batch, total - sentFrames)
             let list: PacketList
             if let reuse = spare.popLast() {
-                if reuse.count == count {
+                if try reuse.count == count {
                     list = reuse
                 } else {
                     try port.returnList(reuse)
-                    guard let fresh = port.allocateList(packetCount: count) else { break }
+                    guard let fresh = try port.allocateList(packetCount: count) else { break }
                     list = fresh
                 }
             } else {
-                guard let fresh = port.allocateList(packetCount: count) else { break }
+                guard let fresh = try port.allocateList(packetCount: count) else { break }
                 list = fresh
             }
             try fill(list, stream: stream, firstSequence: UInt64(sentFrames), length: length, from: from, to: to)
-            CompletionChecker.tag(list, stream: stream, number: listNumber)
+            try CompletionChecker.tag(list, stream: stream, number: listNumber)
             listNumber += 1
             try port.send(list)
             sentFrames += count
