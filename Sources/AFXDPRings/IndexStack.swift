@@ -23,7 +23,8 @@ public struct IndexStack {
 
     @inlinable
     public mutating func push(_ index: UInt32) {
-        precondition(top < capacity, "IndexStack overflow: an index was given back twice")
+        // fatalError, not precondition: the message must survive -O.
+        if top >= capacity { fatalError("IndexStack overflow: an index was given back twice (swift-afxdp internal invariant)") }
         storage[top] = index
         top += 1
     }

@@ -482,3 +482,108 @@ extension PacketList.Packets {
         }
     }
 }
+
+/// The contract on real sockets: a veth pair in namespaces the test makes.
+@Suite("Contract over veth", .serialized)
+struct ContractOverVethTests {
+    @Test("ownThread: the port's own thread runs its handlers in the caller's network namespace, not the interface's")
+    func serviceThreadNamespace() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let seen = TestLock<String?>(nil)
+            let callers = try networkNamespaceOfThisThread()
+            let a = try openPort(bed, end: "a", configure: { $0.ownThread = true }, onReceive: { indication in
+                let namespace = try? networkNamespaceOfThisThread()
+                seen.withLock { $0 = namespace }
+                try? indication.port.returnList(indication.list)
+            })
+            defer { a.close() }
+            let b = try openPort(bed, end: "b")
+            defer { b.close() }
+            let list = try #require(try b.allocateList(packetCount: 1))
+            try fill(list, stream: 0, firstSequence: 0, length: 64, from: bed.macAddressB, to: bed.macAddressA)
+            try b.send(list)
+            let deadline = Deadline(seconds: 10)
+            while seen.withLock({ $0 }) == nil, !deadline.passed {
+                b.poll()
+                usleep(100)
+            }
+            #expect(seen.withLock { $0 } == callers, "the handler ran in \(seen.withLock { $0 } ?? "no namespace"); the caller is in \(callers)")
+        }
+    }
+
+    @Test("a completion handler that resends every list keeps A busy sending, and A still receives, in order, every frame B sends it")
+    func resendingHandlerStillReceives() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let fromB = ReceiveChecker()
+            let keepResending = ManagedAtomic<Bool>(true)
+            let resent = ManagedAtomic<Int>(0)
+            let deliveriesThisPoll = ManagedAtomic<Int>(0)
+            let a = try openPort(bed, end: "a", onReceive: fromB.handle, onSendComplete: { batch in
+                deliveriesThisPoll.wrappingIncrement(ordering: .relaxed)
+                for list in batch {
+                    if keepResending.load(ordering: .relaxed), (try? batch.port.send(list)) != nil {
+                        resent.wrappingIncrement(ordering: .relaxed)
+                    } else {
+                        try? batch.port.returnList(list)
+                    }
+                }
+            })
+            defer { a.close() }
+            let completionsB = CompletionChecker()
+            let b = try openPort(bed, end: "b", onSendComplete: completionsB.handle)
+            defer { b.close() }
+            // A's flood: 32 lists of 64 going round for as long as B sends.
+            for n in 0..<32 {
+                let list = try #require(try a.allocateList(packetCount: 64))
+                try fill(list, stream: 1, firstSequence: UInt64(64 * n), length: 64, from: bed.macAddressA, to: bed.macAddressB)
+                try a.send(list)
+            }
+            let total = 100_000
+            let failures = TestLock<[String]>([])
+            let mostPerPoll = ManagedAtomic<Int>(0)
+            runThreads(2) { index in
+                let deadline = Deadline(seconds: 120)
+                if index == 0 {
+                    while fromB.receivedCount < total {
+                        if deadline.passed { failures.withLock { $0.append("A received \(fromB.receivedCount) of \(total)") }; break }
+                        deliveriesThisPoll.store(0, ordering: .relaxed)
+                        a.poll()
+                        let delivered = deliveriesThisPoll.load(ordering: .relaxed)
+                        if delivered > mostPerPoll.load(ordering: .relaxed) { mostPerPoll.store(delivered, ordering: .relaxed) }
+                    }
+                    keepResending.store(false, ordering: .relaxed)
+                    return
+                }
+                var generator = Generator(port: b, completions: completionsB, total: total, batch: 32, from: bed.macAddressB, to: bed.macAddressA)
+                do {
+                    while !generator.done || completionsB.completed < Int(generator.listNumber) {
+                        if deadline.passed { failures.withLock { $0.append("B stalled at \(generator.sentFrames)") }; break }
+                        try generator.step(receivedByPeer: fromB.receivedCount, window: vethQueueWindow)
+                        b.poll()
+                    }
+                    try generator.returnSpares()
+                } catch {
+                    failures.withLock { $0.append("B: \(error)") }
+                }
+            }
+            #expect(failures.withLock { $0 } == [])
+            #expect(mostPerPoll.load(ordering: .relaxed) <= 1, "one delivery per poll")
+            #expect(resent.load(ordering: .relaxed) > 0)
+            #expect(fromB.receivedCount == total)
+            #expect(fromB.outOfOrder == 0)
+            #expect(fromB.corrupted == 0)
+            #expect(fromB.nextExpected(stream: 0) == UInt64(total))
+            // A's lists still going round are completed and returned by its close.
+            a.close()
+            #expect(a.poolStatus.allFramesHome, "\(a.poolStatus)")
+        }
+    }
+}
+
+/// The network namespace the calling thread is in, as the kernel names it ("net:[4026531840]").
+func networkNamespaceOfThisThread() throws -> String {
+    var buffer = [CChar](repeating: 0, count: 64)
+    let length = readlink("/proc/thread-self/ns/net", &buffer, buffer.count - 1)
+    guard length > 0 else { throw TestbedError(message: "readlink /proc/thread-self/ns/net: errno \(errno)") }
+    return String(decoding: buffer.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

@@ -223,7 +223,7 @@ enum CompletionOrder: Sendable, CaseIterable {
 /// Like `xsk_tx_peek_desc`, it takes a TX descriptor only after reserving a
 /// completion slot for it; it counts the times it found TX work while every
 /// completion slot was taken (the engine must never let that happen).
-struct SimulatedKernel {
+struct HandPlayedKernel {
     let port: SimulatedPort
     /// Every packet taken from the TX ring, in order: the wire.
     var wire: [PacketTag] = []
@@ -363,7 +363,7 @@ func expectedWire(_ lists: [(sequence: Int, count: Int)]) -> [PacketTag] {
 
 /// Drives port and kernel until `done` holds or a bound is hit.
 func drive(
-    _ port: SimulatedPort, _ kernel: inout SimulatedKernel, order: CompletionOrder = .inOrder,
+    _ port: SimulatedPort, _ kernel: inout HandPlayedKernel, order: CompletionOrder = .inOrder,
     until done: () -> Bool
 ) {
     var rounds = 0
@@ -385,7 +385,7 @@ func ringIndex(_ start: UInt32, plus count: Int) -> UInt32 {
 
 /// What holds after everything sent has completed and been given back:
 /// nothing queued or in flight, every frame and list slot home.
-func expectAllHome(_ port: SimulatedPort, _ kernel: SimulatedKernel, sourceLocation: SourceLocation = #_sourceLocation) {
+func expectAllHome(_ port: SimulatedPort, _ kernel: HandPlayedKernel, sourceLocation: SourceLocation = #_sourceLocation) {
     #expect(port.context.framesInFlight == 0, sourceLocation: sourceLocation)
     #expect(!port.context.hasWork, sourceLocation: sourceLocation)
     #expect(kernel.awaitingCompletion.isEmpty, sourceLocation: sourceLocation)
@@ -405,7 +405,7 @@ struct SimulatedKernelTests {
         let start = UInt32.max - 20
         let port = SimulatedPort(
             sendFrames: 256, txSize: 32, completionSize: 64, startIndex: start, sendHeadroom: 64)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         var random = SeededGenerator(seed: 5)
         var sent: [(sequence: Int, count: Int)] = []
         var returned = 0
@@ -462,7 +462,7 @@ struct SimulatedKernelTests {
     @Test("A completion ring filled to capacity: never more in flight than it holds; 100,000 lists complete once, in order")
     func fullCompletionRing() throws {
         let port = SimulatedPort(sendFrames: 512, txSize: 64, completionSize: 64)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         var random = SeededGenerator(seed: 6)
         let total = 100_000
         var sent: [(sequence: Int, count: Int)] = []
@@ -532,7 +532,7 @@ struct SimulatedKernelTests {
     @Test("A stalled completion ring: sends queue, nothing past its capacity is placed, then all complete in order")
     func stalledCompletion() throws {
         let port = SimulatedPort(sendFrames: 1024, txSize: 64, completionSize: 64)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         var random = SeededGenerator(seed: 7)
         var sent: [(sequence: Int, count: Int)] = []
         var frames = 0
@@ -590,7 +590,7 @@ struct SimulatedKernelTests {
           arguments: CompletionOrder.allCases, [false, true])
     func outOfOrderCompletions(order: CompletionOrder, maskOffset: Bool) throws {
         let port = SimulatedPort(sendFrames: 256, txSize: 32, completionSize: 32, sendHeadroom: 128)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         var random = SeededGenerator(seed: 8)
         var sent: [(sequence: Int, count: Int)] = []
         var returned = 0
@@ -621,7 +621,7 @@ struct SimulatedKernelTests {
     @Test("A later list whose frames complete first waits for the earlier one")
     func laterListCompletesFirst() throws {
         let port = SimulatedPort(sendFrames: 64, txSize: 16, completionSize: 16, sendHeadroom: 256)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         let a = try #require(try port.sendNew(packetCount: 3))
         let b = try #require(try port.sendNew(packetCount: 1))
         let c = try #require(try port.sendNew(packetCount: 2))
@@ -645,7 +645,7 @@ struct SimulatedKernelTests {
     @Test("Priority 7 lists queued behind priority 0 lists while the TX ring is full are placed first")
     func priorityOvertakes() throws {
         let port = SimulatedPort(sendFrames: 64, txSize: 8, completionSize: 64)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         let low = try (0..<12).map { _ in try #require(try port.sendNew(packetCount: 1, priority: 0)) }
         // The TX ring holds the first eight; four low-priority frames wait.
         #expect(port.counters.queuedFrames == 4)
@@ -673,7 +673,7 @@ struct SimulatedKernelTests {
     @Test("Mixed priorities under a random kernel: within each priority, wire and completion order are the send order")
     func priorityOrderStress() throws {
         let port = SimulatedPort(sendFrames: 256, txSize: 16, completionSize: 32)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         var random = SeededGenerator(seed: 9)
         var sentByPriority = [[Int]](repeating: [], count: 8)
         var sentCount = 0
@@ -714,7 +714,7 @@ struct SimulatedKernelTests {
     @Test("Lists sent again from inside the completion handler go out and complete in send order")
     func resendFromCompletionHandler() throws {
         let port = SimulatedPort(sendFrames: 128, txSize: 16, completionSize: 32)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         var random = SeededGenerator(seed: 10)
         var sent: [(sequence: Int, count: Int)] = []
         let rounds = 5
@@ -750,7 +750,7 @@ struct SimulatedKernelTests {
     @Test("Lists left in the mailbox while another thread owns the region keep their send order")
     func mailboxKeepsOrder() throws {
         let port = SimulatedPort(sendFrames: 64, txSize: 64, completionSize: 64)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         #expect(port.doorbell.ownership.tryAcquire())  // someone else is running the send side
         let sequences = try (0..<10).map { n in try #require(try port.sendNew(packetCount: 1 + n % 3)) }
         #expect(port.tx.producerIndex == 0, "the senders only left their lists in the mailbox")
@@ -765,7 +765,7 @@ struct SimulatedKernelTests {
     @Test("Pause: in-flight lists complete with .success, then queued ones with .paused, in order")
     func pauseCompletesQueuedAsPaused() throws {
         let port = SimulatedPort(sendFrames: 64, txSize: 8, completionSize: 64)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         // Lists of three packets: 0 and 1 fit the TX ring, 2 only partly (two of three frames).
         let lists = try (0..<6).map { _ in try #require(try port.sendNew(packetCount: 3)) }
         #expect(port.counters.queuedFrames == 10)
@@ -817,7 +817,7 @@ struct SimulatedKernelTests {
     @Test("Bad input is refused at the pool: stale handles, engine-owned lists, empty and oversized packets")
     func badInput() throws {
         let port = SimulatedPort(sendFrames: 16, txSize: 8, completionSize: 8, sendHeadroom: 256)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         let pool = port.pool
 
         // Lengths.
@@ -873,7 +873,7 @@ struct ResendTests {
     @Test("A completed list sent again is .pending until it completes, and is counted as sent")
     func resentListIsCountedAsSent() throws {
         let port = SimulatedPort(sendFrames: 16, txSize: 8, completionSize: 8)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         try #require(try port.sendNew(packetCount: 2) != nil)
         drive(port, &kernel) { port.log.entries.count == 1 }
         let list = try #require(port.log.entries.first).list
@@ -897,7 +897,7 @@ struct ResendTests {
     @Test("A list completed with .paused and sent again after restart goes out and completes with .success")
     func resentAfterPauseCompletesWithSuccess() throws {
         let port = SimulatedPort(sendFrames: 16, txSize: 8, completionSize: 8)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         port.admission = .paused
         try #require(try port.sendNew(packetCount: 2) != nil)
         #expect(port.log.entries.isEmpty, "send calls no handler")
@@ -923,7 +923,7 @@ struct CloseTests {
     @Test("Close with a stalled kernel: lists it finished complete .success, every other list .closing, once, in order; every frame comes home")
     func closeWithStalledKernel() throws {
         let port = SimulatedPort(sendFrames: 64, txSize: 8, completionSize: 64)
-        var kernel = SimulatedKernel(port)
+        var kernel = HandPlayedKernel(port)
         // Lists of three: 0 and 1 fill six TX slots, 2 takes the last two.
         let lists = try (0..<8).map { _ in try #require(try port.sendNew(packetCount: 3)) }
         #expect(kernel.transmit() == 8)

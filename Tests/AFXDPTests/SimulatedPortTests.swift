@@ -1,4 +1,5 @@
-import AFXDP
+@testable import AFXDP
+import AFXDPRings
 import AFXDPTestbed
 import Testing
 
@@ -187,5 +188,93 @@ struct SimulatedPortTests {
         #expect(try list.status == .success)
         #expect(try list.sentPacketCount == 100)
         try port.returnList(list)
+    }
+
+    @Test("the simulated kernel plays the kernel's checks: invalid TX descriptors are skipped and counted, with no completion")
+    func invalidDescriptorsAreSkipped() throws {
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.frameSize = 2048
+        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+        defer { port.close() }
+        let umemSize = UInt64(port.pool.frameCount * 2048)
+        let send = UInt64(port.pool.receiveFrameCount) * 2048
+        for descriptor in [
+            XDPDescriptor(address: send, length: 0),  // empty
+            XDPDescriptor(address: send + 100, length: 1_949),  // runs past its frame's end
+            XDPDescriptor(address: umemSize, length: 64),  // outside the UMEM
+            XDPDescriptor(address: send, length: 64, options: 4),  // an option this kernel does not know
+            XDPDescriptor(address: send + 2048, length: 64),  // valid
+        ] {
+            kernel.injectTransmit(descriptor)
+        }
+        #expect(kernel.transmit() == 5, "every descriptor leaves the TX ring")
+        #expect(kernel.statistics.transmitInvalidDescriptors == 4)
+        #expect(kernel.completion.producerIndex == 1, "only the valid one is completed")
+        #expect(kernel.completion[0] == send + 2048)
+    }
+
+    @Test("completions in bursts, newest first or shuffled, frames held in flight: lists still complete once, in send order")
+    func completionsOutOfOrder() throws {
+        let completions = CompletionChecker()
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.transmitRingSize = 64
+        configuration.completionRingSize = 128
+        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
+        kernel.completesOnTransmit = false
+        kernel.seedShuffle(42)
+        var random = SeededGenerator(seed: 42)
+        var sent = 0
+        var spare: [PacketList] = []
+        let deadline = Deadline(seconds: 30)
+        while completions.completed < 2_000, !deadline.passed {
+            spare.append(contentsOf: completions.takeFree())
+            while sent < 2_000, let list = try spare.popLast() ?? port.allocateList(packetCount: Int.random(in: 1...9, using: &random)) {
+                if try list.count > 5 {
+                    try port.returnList(list)
+                    continue
+                }
+                try fill(list, stream: 0, firstSequence: 0, length: 60, from: a, to: b)
+                try CompletionChecker.tag(list, stream: 0, number: UInt64(sent))
+                try port.send(list)
+                sent += 1
+            }
+            kernel.transmit(maximum: Int.random(in: 0...40, using: &random))
+            let order: SimulatedKernel.CompletionOrder = [.submission, .newestFirst, .shuffled].randomElement(using: &random)!
+            kernel.complete(maximum: Int.random(in: 0...50, using: &random), order: order)
+            port.poll()
+        }
+        let state = completions.state.withLock { $0 }
+        #expect(state.completed == 2_000)
+        #expect(state.outOfOrder == 0)
+        #expect(state.statuses == [.success: 2_000])
+        for list in completions.takeFree() + spare { try port.returnList(list) }
+        port.close()
+        #expect(kernel.isClosed)
+        #expect(kernel.transmit() == 0, "the socket is gone: the kernel does nothing more")
+        #expect(port.poolStatus.allFramesHome)
+    }
+
+    @Test("a burst drains the fill ring: what finds it empty is dropped and counted, and delivery resumes once lists come back")
+    func burstDrainsFillRing() throws {
+        let received = ReceiveChecker()
+        received.holding.store(true, ordering: .relaxed)
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.fillRingSize = 64
+        configuration.receiveRingSize = 256
+        configuration.receiveFrameCount = 64
+        configuration.receiveBatchSize = 16
+        let (port, kernel) = try Port.openSimulated(configuration, onReceive: received.handle, onSendComplete: { _ in })
+        defer { port.close() }
+        var frame = [UInt8](repeating: 0, count: 64)
+        frame.withUnsafeMutableBytes { TestFrame.write(into: $0, length: 64, sequence: 0, source: a, destination: b) }
+        #expect(frame.withUnsafeBytes { kernel.deliver($0, count: 200) } == 64)
+        #expect(kernel.statistics.fillRingEmpty == 136)
+        for _ in 0..<8 { port.poll() }
+        #expect(received.receivedCount == 64)
+        #expect(port.statistics.receive.lowResourceEvents >= 1)
+        received.holding.store(false, ordering: .relaxed)
+        try received.returnHeld(to: port)
+        port.poll()
+        #expect(frame.withUnsafeBytes { kernel.deliver($0, count: 10) } == 10)
     }
 }

@@ -453,10 +453,14 @@ final class SendContext: @unchecked Sendable {
     /// so what a list has there is the end of what it placed:
     /// `placedPackets` then counts exactly the packets the kernel took.
     func settleBeforeTeardown() {
+        defer { collectCompleted() }
         reapCompletions()
         let shift = UInt64(pool.frameShift)
         var index = tx.consumerIndex
         let end = tx.producerIndex
+        // The kernel's index past ours, or a ring's worth behind: not a state
+        // the ring protocol allows. Count nothing rather than trust it.
+        guard end &- index <= tx.size else { return }
         while index != end {
             let frame = tx[index].address &>> shift
             index &+= 1
@@ -469,7 +473,6 @@ final class SendContext: @unchecked Sendable {
             if pool.lists[Int(owner)].status == .pending { pool.lists[Int(owner)].status = .closing }
             framesInFlight &-= 1
         }
-        collectCompleted()
     }
 
     /// Close, once the socket is gone: every list still queued, in flight or

@@ -16,7 +16,7 @@ final class PThreadLock: @unchecked Sendable {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         let error = pthread_mutex_init(mutex, nil)
-        precondition(error == 0, "pthread_mutex_init failed: \(error)")
+        invariant(error == 0, "pthread_mutex_init failed: \(error)")
     }
 
     deinit {

@@ -29,7 +29,7 @@ enum NetworkNamespaceEntry {
         }
         defer {
             let restored = cafxdp_enter_network_namespace(original)
-            precondition(restored == 0, "could not return to the original network namespace")
+            invariant(restored == 0, "could not return the thread to its original network namespace (errno \(-restored))")
         }
         return try body()
     }
