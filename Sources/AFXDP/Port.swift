@@ -65,8 +65,10 @@ public final class Port: @unchecked Sendable {
 
     // MARK: Send region (one owner at a time; others use its mailbox)
     private let sendRegion: SendRegion
-    private var sendDoorbell: RegionDoorbell { sendRegion.door }
-    private var sendContext: SendContext { sendRegion.context }
+    // The region's parts, held here too: a computed property would hand back
+    // a retained reference on every use.
+    private let sendDoorbell: RegionDoorbell
+    private let sendContext: SendContext
 
     // MARK: Receive region (one owner at a time; others use its mailbox)
     private let receiveDoorbell = RegionDoorbell()
@@ -237,6 +239,8 @@ public final class Port: @unchecked Sendable {
             pool: pool, tx: rings.tx, completion: rings.completion, socketFD: device.fd,
             kickOnlyWhenAsked: configuration.useNeedWakeup,
             onComplete: onSendComplete))
+        sendDoorbell = sendRegion.door
+        sendContext = sendRegion.context
         receiveContext = ReceiveContext(
             pool: pool, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
             batchSize: configuration.receiveBatchSize, onReceive: onReceive)

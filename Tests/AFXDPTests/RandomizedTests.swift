@@ -386,11 +386,15 @@ struct RandomizedTests {
         #expect(failures.isEmpty, "seed \(seed) (replay: AFXDP_RANDOM_SEED=\(seed) scripts/test --filter Randomized): \(failures.prefix(5))")
         #expect(ledger.lock.withLock { $0.accepted } > 0, "seed \(seed): the run sent something")
     }
+}
 
+/// The same runs on real threads: ThreadSanitizer runs this suite in CI.
+@Suite("Randomized port runs on threads")
+struct RandomizedConcurrencyTests {
     /// Real threads: three callers and the kernel, each drawing its moves
     /// from its own seed; the interleaving is the scheduler's. Runs under
     /// ThreadSanitizer in CI (`--filter Concurrency`).
-    @Test("Concurrency: three callers and the kernel on threads of their own", arguments: randomizedSeeds(Array(100...107)))
+    @Test("three callers and the kernel on threads of their own", arguments: randomizedSeeds(Array(100...107)))
     func threaded(seed: UInt64) throws {
         let ledger = RunLedger(callers: 3)
         // Handlers do not send again here: a list's stream is sent by its own

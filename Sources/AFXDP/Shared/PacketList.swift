@@ -145,7 +145,8 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
         /// error, if the list stops being the caller's meanwhile.
         @inlinable @inline(__always)
         public func forEach<E: Error>(_ body: (borrowing Packet) throws(E) -> Void) throws(E) {
-            let pool = list.pool
+            // The list (strong, held by `self`) keeps the pool alive for the walk.
+            unowned(unsafe) let pool = list.pool
             let expected = PacketPool.packed(list.generation, .caller)
             let word = pool.word(list.slot)
             let record = pool.lists + Int(list.slot)
@@ -169,7 +170,8 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
         @inlinable
         public func withPacket<R, E: Error>(at index: Int, _ body: (borrowing Packet) throws(E) -> R) throws(E) -> R? {
             guard index >= 0, index < count else { return nil }
-            let pool = list.pool
+            // The list (strong, held by `self`) keeps the pool alive for the walk.
+            unowned(unsafe) let pool = list.pool
             let expected = PacketPool.packed(list.generation, .caller)
             let word = pool.word(list.slot)
             var slot = list.slot
@@ -305,7 +307,8 @@ public struct Packet: ~Copyable {
         guard length > 0 else { throw .invalidFrameLength(length) }
         let room = self.room
         guard length <= room else { throw .frameTooLarge(length: length, maximum: room) }
-        if entry.pointee.length == 0 { record.pointee.unsetLengths -= 1 }
+        // A packet of length 0 is counted in `unsetLengths`: it cannot go below 0.
+        if entry.pointee.length == 0 { record.pointee.unsetLengths &-= 1 }
         entry.pointee.length = UInt32(truncatingIfNeeded: length)
     }
 }
