@@ -1,36 +1,5 @@
 import Atomics
 import CAFXDP
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// A mutex over pthread_mutex_t. Used for the shared region only.
-///
-/// Chosen over `Synchronization.Mutex` because ThreadSanitizer does not see
-/// that one's futex on Linux and reports false races; it intercepts pthreads.
-final class PThreadLock: @unchecked Sendable {
-    // @unchecked: the mutex itself is the synchronisation.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-
-    init() {
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        let error = pthread_mutex_init(mutex, nil)
-        invariant(error == 0, "pthread_mutex_init failed: \(error)")
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    @inline(__always)
-    func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
-    }
-}
 
 /// "One owner at a time" for the send region and for the receive region.
 ///
@@ -164,40 +133,4 @@ final class RegionDoorbell: @unchecked Sendable {
         }
         return ran
     }
-}
-
-/// Where the calling thread is with respect to the engine's handlers.
-///
-/// Handlers (receive, completion) run while the thread that calls them owns
-/// that side of the port. A call from a handler that would wait for another
-/// thread (close, pause) could wait for ever: that thread may itself be
-/// waiting for a region this one holds (A's handler closing B while B's
-/// handler closes A). So inside any handler those calls do not wait: they
-/// start what they must and leave the rest to the port's next pass.
-enum HandlerContext {
-    /// Runs a handler, counting it as one level deeper.
-    @inline(__always)
-    static func run(_ body: () -> Void) {
-        let depth = cafxdp_handler_depth_get()
-        cafxdp_handler_depth_set(depth &+ 1)
-        body()
-        cafxdp_handler_depth_set(depth)
-    }
-
-    /// Whether the calling thread is inside a handler of any port.
-    static var isInsideHandler: Bool { cafxdp_handler_depth_get() > 0 }
-}
-
-/// Checks one of the engine's own invariants. A failure is a bug in the
-/// engine (or the kernel broke the ring protocol), never the caller's
-/// mistake: those throw. Unlike `precondition`, whose message `-O` drops,
-/// the message reaches the caller in release builds too.
-@inline(__always)
-func invariant(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String, file: StaticString = #file, line: UInt = #line) {
-    if !condition() { invariantFailed(message(), file: file, line: line) }
-}
-
-@inline(never)
-func invariantFailed(_ message: String, file: StaticString, line: UInt) -> Never {
-    fatalError("swift-afxdp internal invariant broken: \(message). Please report this.", file: file, line: line)
 }

@@ -1,0 +1,62 @@
+/// The kernel's own view of the socket (`XDP_STATISTICS`).
+public struct KernelSocketStatistics: Sendable, Equatable {
+    /// Frames dropped for reasons other than a full ring or an empty fill ring.
+    public var receiveDropped = 0
+    /// Invalid descriptors the kernel found in the fill or RX path.
+    public var receiveInvalidDescriptors = 0
+    /// Invalid descriptors the kernel found in the TX ring.
+    public var transmitInvalidDescriptors = 0
+    /// Frames dropped because the RX ring was full.
+    public var receiveRingFull = 0
+    /// Times the kernel found the fill ring empty.
+    public var fillRingEmpty = 0
+    /// Times the kernel found the TX ring empty on a kick.
+    public var transmitRingEmpty = 0
+}
+
+/// A snapshot of a port's counters, per direction (the OID statistics).
+public struct Statistics: Sendable {
+    public struct Send: Sendable, Equatable {
+        /// Packets completed with success, and their bytes.
+        public var packets: Int
+        public var bytes: Int
+        /// Lists completed (with any status).
+        public var completedLists: Int
+        /// Frames queued inside the engine, not yet in the TX ring.
+        public var queuedFrames: Int
+        /// Passes that found the TX or completion ring full with frames waiting.
+        public var ringFullEvents: Int
+        /// `sendto` kicks, and those that failed for a reason other than "try later".
+        public var kicks: Int
+        public var kickErrors: Int
+        /// Lists completed with a status other than success.
+        public var dropped: Int
+        /// Completion-ring entries the engine did not expect (an address
+        /// outside the UMEM, or a frame it had not sent) and ignored. A
+        /// correct kernel never produces one.
+        public var invalidCompletions: Int
+    }
+    public struct Receive: Sendable, Equatable {
+        public var packets: Int
+        public var bytes: Int
+        /// Lists indicated to the receive handler.
+        public var indications: Int
+        /// Times the fill ring ran dry because the caller held the frames.
+        public var lowResourceEvents: Int
+        /// Receive frames in the fill ring, the kernel or the RX ring.
+        public var framesWithKernel: Int
+        /// Receive frames indicated and not yet returned.
+        public var framesHeldByCaller: Int
+        /// Frames the kernel dropped on receive (ring full or other), from XDP_STATISTICS.
+        public var dropped: Int
+    }
+    public var send: Send
+    public var receive: Receive
+    public var kernel: KernelSocketStatistics
+    /// The XDP program's own counters (per CPU, summed): frames it redirected
+    /// to a socket, and frames it passed to the kernel's stack. They count the
+    /// whole interface, not only this port's queue: ports on several queues
+    /// of one interface share the program.
+    public var programRedirected: Int
+    public var programPassed: Int
+}
