@@ -40,8 +40,12 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     case listAlreadyReturned
     /// The list is in the engine's hands (queued or in flight), not the caller's.
     case listNotOwnedByCaller
-    /// The list belongs to another port's pool.
+    /// The list belongs to a port on another UMEM.
     case foreignList
+    /// The UMEM was closed: no port may open on it any more.
+    case umemClosed
+    /// The UMEM has too few frames left for the port.
+    case umemExhausted(needed: Int, available: Int)
     /// A packet index outside the list.
     case packetIndexOutOfRange(index: Int, count: Int)
     /// The port is closed.
@@ -94,7 +98,13 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
             return "this packet list is queued or in flight: the engine owns it until its send completes; "
                 + "wait for the completion before using, sending or returning it again"
         case .foreignList:
-            return "this packet list belongs to another port's pool; send or return a list on the port that made it"
+            return "this packet list belongs to a port on another UMEM; send or return it on a port of its own UMEM "
+                + "(open ports on one UMEM with Port.open(_:umem:...) to pass lists between them without a copy)"
+        case .umemClosed:
+            return "the UMEM was closed; no port may open on it any more: make a new UMEM"
+        case .umemExhausted(let needed, let available):
+            return "the UMEM has \(available) frames not taken by other ports, and this port needs \(needed) "
+                + "(receiveFrameCount + sendFrameCount): make the UMEM larger or give the port fewer frames"
         case .packetIndexOutOfRange(let index, let count):
             return "packet index \(index) is outside this list of \(count) packets"
         case .portClosed:

@@ -55,13 +55,18 @@ public final class Port: @unchecked Sendable {
 
     // MARK: Immutable after open
     public let configuration: PortConfiguration
-    public let pool: PacketPool
+    /// The memory the port's frames live in: its own, or one it shares with
+    /// other ports (`open(_:umem:...)`).
+    public let umem: UMEM
     /// Whether the socket runs in zero-copy mode (false: copy mode).
     public let isZeroCopy: Bool
     /// Whether the XDP program runs in the driver (native) rather than generic mode.
     public let isAttachedNatively: Bool
     /// Things the port chose on the caller's behalf (e.g. a fallback to copy mode).
     public let notes: [String]
+    let table: ListTable
+    /// The longest list `allocateList` can give: the send pool's size.
+    public var sendFrameCount: Int { sendPool.frameCount }
 
     // MARK: Send region (one owner at a time; others use its mailbox)
     private let sendRegion: SendRegion
@@ -70,24 +75,16 @@ public final class Port: @unchecked Sendable {
     private let sendDoorbell: RegionDoorbell
     private let sendContext: SendContext
 
-    // MARK: Receive region (one owner at a time; others use its mailbox)
-    private let receiveDoorbell = RegionDoorbell()
+    // MARK: Receive region (one owner at a time; others use its mailbox).
+    // It is also the port's receive pool, and outlives the port in the UMEM.
     private let receiveContext: ReceiveContext
+    private let receiveDoorbell: RegionDoorbell
 
-    // MARK: Shared region: `sharedLock` guards the device, the program and state changes
-    private let sharedLock = PThreadLock()
-    private let device: Device
-    private var program: XDPProgram?
-    /// When a close in progress stops waiting for the kernel and tears down.
-    private var closeDeadline: ContinuousClock.Instant?
-    /// Frozen at close, since the socket and program go away.
-    private var finalKernelStatistics: KernelSocketStatistics?
-    private var finalProgramCounters: (seen: Int, redirected: Int, passed: Int)?
+    // MARK: Shared region: one lock over state, device, program and the send pool
+    private let shared: SharedRegion
+    private let sendPool: SendPool
 
     // MARK: Atomics any thread reads and writes
-    /// The port's state: read lock-free by every call; written under `sharedLock`.
-    private let stateStorage = UnsafeMutablePointer<UInt8.AtomicRepresentation>.allocate(capacity: 64)
-    private var state: UnsafeAtomic<UInt8> { UnsafeAtomic(at: stateStorage) }
     /// Written by every `send` (a cache line of their own): the send gate,
     /// lists accepted, and whether the port's own thread has ended.
     private let senderWords = UnsafeMutablePointer<Int.AtomicRepresentation>.allocate(capacity: 8)
@@ -102,36 +99,13 @@ public final class Port: @unchecked Sendable {
     /// 1 while the port's own thread runs (`ownThread`).
     private var serviceThreadRunning: UnsafeAtomic<Int> { UnsafeAtomic(at: senderWords + 2) }
 
-    /// What plays the NIC: a real AF_XDP socket, or a kernel simulated in memory.
-    private enum Device {
-        case socket(XDPSocket)
-        case simulated(SimulatedKernel)
-
-        var fd: Int32 {
-            switch self {
-            case .socket(let socket): return socket.fd
-            case .simulated: return -1
-            }
-        }
-
-        var rings: (fill: RingMemory, completion: RingMemory, rx: RingMemory, tx: RingMemory) {
-            switch self {
-            case .socket(let socket): return (socket.fill, socket.completion, socket.rx, socket.tx)
-            case .simulated(let kernel): return (kernel.fill.memory, kernel.completion.memory, kernel.rx.memory, kernel.tx.memory)
-            }
-        }
-
-        func statistics() -> KernelSocketStatistics {
-            switch self {
-            case .socket(let socket): return socket.statistics()
-            case .simulated(let kernel): return kernel.statistics
-            }
-        }
-    }
-
-    /// Opens a port.
+    /// Opens a port on one interface queue.
     ///
     /// - Parameters:
+    ///   - umem: the UMEM the port's frames come from, shared with other
+    ///     ports so that lists pass between them without a copy; nil: the
+    ///     port makes one of its own (`receiveFrameCount + sendFrameCount`
+    ///     frames of `frameSize`).
     ///   - onReceive: called with each list of received packets (see "Where
     ///     handlers run"). Return the list with `returnList` when done, from
     ///     any thread, now or later.
@@ -139,17 +113,21 @@ public final class Port: @unchecked Sendable {
     ///     The lists are the caller's again: reuse, send or return them.
     public static func open(
         _ configuration: PortConfiguration,
+        umem: UMEM? = nil,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
     ) throws(AFXDPError) -> Port {
         try configuration.validate()
+        // Without one given, a UMEM of the port's own: its two pools' frames.
+        let umem: UMEM =
+            if let umem { umem } else { try UMEM(frameCount: configuration.umemFrameCount, frameSize: configuration.frameSize) }
+        try checkFits(configuration, umem)
         let port = try NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) -> Port in
             let ifindex = Int32(bitPattern: if_nametoindex(configuration.interface))
             guard ifindex != 0 else {
                 throw .interfaceNotFound(interface: configuration.interface, namespace: configuration.networkNamespace)
             }
-            let area = try UMEMArea(size: configuration.umemFrameCount * configuration.frameSize)
-            let socket = try XDPSocket(configuration: configuration, area: area)
+            let socket = try XDPSocket(configuration: configuration, ifindex: ifindex, umem: umem)
             var notes: [String] = []
             if configuration.zeroCopy == .preferred && !socket.zeroCopy {
                 notes.append("zero-copy is not supported on \(configuration.interface); running in copy mode")
@@ -164,13 +142,6 @@ public final class Port: @unchecked Sendable {
                 program = try XDPProgram.acquire(
                     interface: configuration.interface, ifindex: ifindex, namespace: configuration.networkNamespace,
                     mode: configuration.attachMode, etherTypeFilter: configuration.etherTypeFilter)
-                do throws(AFXDPError) {
-                    try program.bind(socketFD: socket.fd, queue: configuration.queue)
-                } catch {
-                    socket.close()  // socket, then program, as at close
-                    program.release(namespace: nil)  // already inside the namespace
-                    throw error
-                }
             } catch {
                 socket.close()
                 throw error
@@ -178,10 +149,26 @@ public final class Port: @unchecked Sendable {
             if !program.attachedNatively && configuration.attachMode == .automatic {
                 notes.append("the driver of \(configuration.interface) has no native XDP; the program runs in generic mode")
             }
-            return Port(
-                configuration: configuration, area: area, device: .socket(socket), program: program,
-                isZeroCopy: socket.zeroCopy, isAttachedNatively: program.attachedNatively, notes: notes,
-                onReceive: onReceive, onSendComplete: onSendComplete)
+            let port: Port
+            do throws(AFXDPError) {
+                port = try Port(
+                    configuration: configuration, umem: umem, device: .socket(socket), program: program,
+                    isZeroCopy: socket.zeroCopy, isAttachedNatively: program.attachedNatively, notes: notes,
+                    onReceive: onReceive, onSendComplete: onSendComplete)
+            } catch {
+                socket.close()  // socket, then program, as at close
+                program.release(namespace: nil)  // already inside the namespace
+                throw error
+            }
+            // Bound last, with the fill ring primed: frames redirected to the
+            // socket find frames to land in. Undone by the port's own close.
+            do throws(AFXDPError) {
+                try program.bind(socketFD: socket.fd, queue: configuration.queue)
+            } catch {
+                port.close()
+                throw error
+            }
+            return port
         }
         // Started here, back in the caller's namespace: a thread inherits the
         // namespace of the thread that makes it, and the handlers it runs
@@ -199,6 +186,7 @@ public final class Port: @unchecked Sendable {
     /// zero-copy, busy-poll and attach options are ignored.
     public static func openSimulated(
         _ configuration: PortConfiguration,
+        umem: UMEM? = nil,
         loopback: Bool = false,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
@@ -208,44 +196,70 @@ public final class Port: @unchecked Sendable {
         configuration.useNeedWakeup = true
         configuration.ownThread = false
         try configuration.validate()
-        let area = try UMEMArea(size: configuration.umemFrameCount * configuration.frameSize)
-        let kernel = SimulatedKernel(configuration: configuration, umem: area.base, loopback: loopback)
-        let port = Port(
-            configuration: configuration, area: area, device: .simulated(kernel), program: nil, isZeroCopy: false,
+        // Without one given, a UMEM of the port's own: its two pools' frames.
+        let umem: UMEM =
+            if let umem { umem } else { try UMEM(frameCount: configuration.umemFrameCount, frameSize: configuration.frameSize) }
+        try checkFits(configuration, umem)
+        guard !umem.isClosed else { throw .umemClosed }
+        let kernel = SimulatedKernel(configuration: configuration, umem: umem, loopback: loopback)
+        let port = try Port(
+            configuration: configuration, umem: umem, device: .simulated(kernel), program: nil, isZeroCopy: false,
             isAttachedNatively: false, notes: ["simulated: no interface; a SimulatedKernel plays the kernel"],
             onReceive: onReceive, onSendComplete: onSendComplete)
         return (port, kernel)
     }
 
+    /// Whether a port so configured can open on `umem`.
+    private static func checkFits(_ configuration: PortConfiguration, _ umem: UMEM) throws(AFXDPError) {
+        guard configuration.frameSize == umem.frameSize else {
+            throw .invalidConfiguration(
+                "the port's frameSize \(configuration.frameSize) differs from its UMEM's \(umem.frameSize); "
+                    + "set frameSize = \(umem.frameSize)")
+        }
+        guard umem.framesAvailable >= configuration.umemFrameCount else {
+            throw .umemExhausted(needed: configuration.umemFrameCount, available: umem.framesAvailable)
+        }
+    }
+
     private init(
-        configuration: PortConfiguration, area: UMEMArea, device: Device, program: XDPProgram?,
+        configuration: PortConfiguration, umem: UMEM, device: Device, program: XDPProgram?,
         isZeroCopy: Bool, isAttachedNatively: Bool, notes: [String],
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
-    ) {
+    ) throws(AFXDPError) {
+        let table = umem.table
+        // The port's two pools: reserved together, so that a port that
+        // cannot have both takes neither.
+        guard let (receiveRange, receiveID) = table.reserve(frameCount: configuration.resolvedReceiveFrameCount) else {
+            throw .umemExhausted(needed: configuration.umemFrameCount, available: umem.framesAvailable)
+        }
+        guard let (sendRange, sendID) = table.reserve(frameCount: configuration.resolvedSendFrameCount) else {
+            throw .umemExhausted(needed: configuration.resolvedSendFrameCount, available: umem.framesAvailable)
+        }
         self.configuration = configuration
-        self.device = device
-        self.program = program
+        self.umem = umem
+        self.table = table
         self.isZeroCopy = isZeroCopy
         self.isAttachedNatively = isAttachedNatively
         self.notes = notes
-        pool = PacketPool(
-            umem: area.base, frameSize: configuration.frameSize, frameCount: configuration.umemFrameCount,
-            receiveFrameCount: configuration.resolvedReceiveFrameCount, sendHeadroom: 0, umemOwner: area)
-        stateStorage.initialize(repeating: .init(PortState.running.rawValue), count: 64)
+        shared = SharedRegion(device: device, program: program)
+        sendPool = SendPool(table: table, range: sendRange, id: sendID, lock: shared.lock)
         senderWords.initialize(repeating: .init(0), count: 8)
         let rings = device.rings
         sendRegion = SendRegion(context: SendContext(
-            pool: pool, tx: rings.tx, completion: rings.completion, socketFD: device.fd,
+            table: table, ownPools: (receiveID, sendID), tx: rings.tx, completion: rings.completion, socketFD: device.fd,
             kickOnlyWhenAsked: configuration.useNeedWakeup,
             onComplete: onSendComplete))
         sendDoorbell = sendRegion.door
         sendContext = sendRegion.context
         receiveContext = ReceiveContext(
-            pool: pool, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
+            table: table, range: receiveRange, id: receiveID, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
             batchSize: configuration.receiveBatchSize, onReceive: onReceive)
+        receiveDoorbell = receiveContext.door
         receiveContext.port = self
         sendContext.port = self
+        table.register(.receive(receiveContext), range: receiveRange, id: receiveID)
+        table.register(.send(sendPool), range: sendRange, id: sendID)
         // Give the kernel its receive frames before the first frame arrives.
         receiveDoorbell.runIfFree(rounds: 1) { receiveContext.prime() }
     }
@@ -255,13 +269,12 @@ public final class Port: @unchecked Sendable {
         // reference), so waiting here cannot deadlock, even inside a handler.
         requestClose(timeout: .seconds(1))
         finishClose()
-        stateStorage.deallocate()
         senderWords.deallocate()
     }
 
     // MARK: State
 
-    public var currentState: PortState { PortState(rawValue: state.load(ordering: .acquiring)) ?? .closed }
+    public var currentState: PortState { shared.state }
 
     /// The status new and queued sends get in the current state.
     private var admission: SendStatus {
@@ -280,11 +293,11 @@ public final class Port: @unchecked Sendable {
     /// completions and `returnList`. Throws for a count no list can have
     /// (below 1, or above the send pool's `sendFrameCount`) and on a closed port.
     public func allocateList(packetCount: Int) throws(AFXDPError) -> PacketList? {
-        guard packetCount > 0, packetCount <= pool.sendFrameCount else {
-            throw .invalidPacketCount(requested: packetCount, maximum: pool.sendFrameCount)
+        guard packetCount > 0, packetCount <= sendPool.frameCount else {
+            throw .invalidPacketCount(requested: packetCount, maximum: sendPool.frameCount)
         }
         guard currentState != .closed else { throw .portClosed }
-        return pool.allocate(packetCount: packetCount)
+        return sendPool.allocate(packetCount: packetCount)
     }
 
     /// Sends a list. Never refuses for lack of resources: the list is queued
@@ -294,7 +307,7 @@ public final class Port: @unchecked Sendable {
     /// close has begun its teardown; then the list stays the caller's.
     /// Runs no handler.
     public func send(_ list: PacketList) throws(AFXDPError) {
-        guard list.pool === pool else { throw .foreignList }
+        guard list.table === table else { throw .foreignList }
         // A stale or busy handle says so before anything is read through it.
         let record = try list.ownedRecord()
         guard record.pointee.unsetLengths == 0 else { throw .emptyFrame }
@@ -306,7 +319,7 @@ public final class Port: @unchecked Sendable {
             throw .portClosed
         }
         do {
-            try pool.transition(list, from: .caller, to: .engine)
+            try table.transition(list, from: .caller, to: .engine)
         } catch {
             sendGate.wrappingDecrement(ordering: .releasing)
             throw error
@@ -344,26 +357,29 @@ public final class Port: @unchecked Sendable {
 
     // MARK: Receive
 
-    /// Gives a list back: a received list's frames go back to the fill ring, an
-    /// allocated list's frames to the send pool. Each list is returned once;
+    /// Gives a list back to its home pool: a received list's frames go back
+    /// to the fill ring of the port that received them, an allocated list's
+    /// to the send pool of the port that allocated it, whichever port of the
+    /// UMEM it is returned on (or last sent on). Each list is returned once;
     /// a second return throws `.listAlreadyReturned` and changes nothing.
     /// Runs no handler.
     public func returnList(_ list: PacketList) throws(AFXDPError) {
-        guard list.pool === pool else { throw .foreignList }
-        switch pool.home(ofList: list.slot) {
-        case .send:
-            try pool.transition(list, from: .caller, to: .free, bumpGeneration: true)
-            pool.releaseToSendPool(list.slot)
-        case .receive:
+        guard list.table === table else { throw .foreignList }
+        try Self.returnHome(list, table: table)
+    }
+
+    /// `returnList`, for any list of `table`'s UMEM.
+    static func returnHome(_ list: PacketList, table: ListTable) throws(AFXDPError) {
+        switch table.home(of: list.slot) {
+        case .send(let pool):
+            try table.transition(list, from: .caller, to: .free, bumpGeneration: true)
+            pool._withUnsafeGuaranteedRef { $0.release(list.slot) }
+        case .receive(let context):
             // Stale for the caller at once (generation bumped), but not free
             // until the receive side takes it out of its mailbox: close counts
             // it as still out until then.
-            try pool.transition(list, from: .caller, to: .engine, bumpGeneration: true)
-            receiveDoorbell.mailbox.push(list.slot, links: pool.lists)
-            // After close no pass runs by itself: take it back now.
-            if currentState == .closed {
-                receiveDoorbell.runIfFree(rounds: 1) { receiveContext.takeReturns(receiveDoorbell.mailbox) }
-            }
+            try table.transition(list, from: .caller, to: .engine, bumpGeneration: true)
+            context._withUnsafeGuaranteedRef { $0.takeBack(list.slot) }
         }
     }
 
@@ -371,8 +387,8 @@ public final class Port: @unchecked Sendable {
     /// back, refills the fill ring, indicates what arrived (handlers run).
     private func receivePass() -> Bool {
         // After close the rings are gone; returns are still taken back.
-        if currentState == .closed { return receiveContext.takeReturns(receiveDoorbell.mailbox) }
-        return receiveContext.service(mailbox: receiveDoorbell.mailbox)
+        if currentState == .closed { return receiveContext.takeReturns() }
+        return receiveContext.service()
     }
 
     // MARK: Progress
@@ -427,10 +443,10 @@ public final class Port: @unchecked Sendable {
     private func runServiceLoop() {
         while currentState != .closed {
             if !poll() {
-                if currentState == .closing || hasSendsOutstanding || device.fd < 0 {
+                if currentState == .closing || hasSendsOutstanding || receiveContext.socketFD < 0 {
                     usleep(20)
                 } else {
-                    SystemCalls.waitReadable(device.fd, milliseconds: 1)
+                    SystemCalls.waitReadable(receiveContext.socketFD, milliseconds: 1)
                 }
             }
         }
@@ -445,9 +461,9 @@ public final class Port: @unchecked Sendable {
     /// handler (of any port) it does not wait: the pause takes effect at the
     /// port's next pass.
     public func pause(timeout: Duration = .seconds(2)) {
-        let changed = sharedLock.withLock { () -> Bool in
+        let changed = shared.lock.withLock { () -> Bool in
             guard currentState == .running else { return false }
-            state.store(PortState.paused.rawValue, ordering: .releasing)
+            shared.setState(.paused)
             return true
         }
         guard changed, !HandlerContext.isInsideHandler else { return }
@@ -466,8 +482,8 @@ public final class Port: @unchecked Sendable {
 
     /// Resumes sending after `pause`. Runs no handler.
     public func restart() {
-        sharedLock.withLock {
-            if currentState == .paused { state.store(PortState.running.rawValue, ordering: .releasing) }
+        shared.lock.withLock {
+            if currentState == .paused { shared.setState(.running) }
         }
         sendDoorbell.runIfFree(rounds: 2) { placingPass() }
     }
@@ -494,10 +510,10 @@ public final class Port: @unchecked Sendable {
 
     /// Moves a running or paused port to `.closing`. Never waits.
     private func requestClose(timeout: Duration) {
-        sharedLock.withLock {
+        shared.lock.withLock {
             guard currentState.rawValue < PortState.closing.rawValue else { return }
-            closeDeadline = ContinuousClock.now.advanced(by: timeout)
-            state.store(PortState.closing.rawValue, ordering: .sequentiallyConsistent)
+            shared.closeDeadline = ContinuousClock.now.advanced(by: timeout)
+            shared.setState(.closing)
         }
     }
 
@@ -524,7 +540,7 @@ public final class Port: @unchecked Sendable {
             drained = sendRegion.isSettled
         }
         if !drained {
-            let deadline = sharedLock.withLock { closeDeadline }
+            let deadline = shared.lock.withLock { shared.closeDeadline }
             guard let deadline, ContinuousClock.now >= deadline else { return }
         }
         tearDown()
@@ -548,12 +564,12 @@ public final class Port: @unchecked Sendable {
         while sendGate.load(ordering: .acquiring) & ~Self.refusingSends != 0 { sched_yield() }
         sendRegion.placingPass(admit: .closing)
         sendContext.settleBeforeTeardown()
-        sharedLock.withLock {
-            finalKernelStatistics = device.statistics()
-            finalProgramCounters = program?.counters()
-            let program = self.program
-            self.program = nil
-            switch device {
+        shared.lock.withLock {
+            shared.finalKernelStatistics = shared.device.statistics()
+            shared.finalProgramCounters = shared.program?.counters()
+            let program = shared.program
+            shared.program = nil
+            switch shared.device {
             case .socket(let socket):
                 // Map updates and closes work on file descriptors from any
                 // namespace; only the detach needs the interface's namespace.
@@ -567,10 +583,16 @@ public final class Port: @unchecked Sendable {
         sendContext.abandonInFlight(mailbox: sendDoorbell.mailbox)
         // Send frames need no reclaiming: in-flight lists just completed with
         // their frames, and the free stacks only ever held free frames.
-        receiveContext.reclaimAfterSocketClosed(receiveDoorbell.mailbox)
+        receiveContext.reclaimAfterSocketClosed()
         receiveDoorbell.ownership.release()
+        // A list returned while this thread had the receive side waits in its
+        // mailbox, and no pass will run again: take it back now.
+        if !receiveDoorbell.mailbox.isEmpty { receiveDoorbell.runIfFree(rounds: 2) { receiveContext.takeReturns() } }
         sendContext.deliver()
-        state.store(PortState.closed.rawValue, ordering: .sequentiallyConsistent)
+        // Handlers may keep what they capture alive: let go of them now that
+        // none can run again (the receive side lives on in the UMEM).
+        receiveContext.dropHandler()
+        shared.setState(.closed)
     }
 
     // MARK: Statistics
@@ -578,8 +600,9 @@ public final class Port: @unchecked Sendable {
     /// Counters per direction, the kernel's socket statistics and the XDP
     /// program's counters (frozen at close). Never waits for a region.
     public var statistics: Statistics {
-        let (kernel, programCounters) = sharedLock.withLock {
-            (finalKernelStatistics ?? device.statistics(), finalProgramCounters ?? program?.counters() ?? (0, 0, 0))
+        let (kernel, programCounters) = shared.lock.withLock {
+            (shared.finalKernelStatistics ?? shared.device.statistics(),
+             shared.finalProgramCounters ?? shared.program?.counters() ?? (0, 0, 0))
         }
         return Statistics(
             send: sendContext.counters.snapshot(),
@@ -587,8 +610,9 @@ public final class Port: @unchecked Sendable {
             kernel: kernel, programRedirected: programCounters.redirected, programPassed: programCounters.passed)
     }
 
-    /// Where every UMEM frame is.
+    /// Where the port's frames are: its send pool and its receive pool.
     public struct PoolStatus: Sendable, Equatable {
+        /// Frames of the two pools together.
         public var totalFrames: Int
         /// Send frames in the send pool.
         public var sendFramesFree: Int
@@ -596,6 +620,9 @@ public final class Port: @unchecked Sendable {
         public var receiveFramesWithEngine: Int
         /// Receive frames indicated and not returned (or returned and not yet taken back).
         public var receiveFramesHeldByCaller: Int
+        /// Frames of the port's pools queued or in flight on another port of
+        /// the UMEM (lent for forwarding): part of what the caller holds.
+        public var framesLentToOtherPorts: Int
         /// Large chunks (the storage of long lists' packets) in all.
         public var totalLargeChunks: Int
         /// Large chunks not lent to a list, on both sides.
@@ -612,13 +639,14 @@ public final class Port: @unchecked Sendable {
     /// after close). Takes back returned lists first when no other thread is
     /// running the receive side. Never waits; not for hot paths.
     public var poolStatus: PoolStatus {
-        receiveDoorbell.runIfFree(rounds: 1) { receiveContext.takeReturns(receiveDoorbell.mailbox) }
-        let send = pool.sendPoolCounts
+        receiveDoorbell.runIfFree(rounds: 1) { receiveContext.takeReturns() }
+        let send = sendPool.counts
         return PoolStatus(
-            totalFrames: pool.frameCount, sendFramesFree: send.frames,
+            totalFrames: receiveContext.range.frameCount + sendPool.range.frameCount, sendFramesFree: send.frames,
             receiveFramesWithEngine: receiveContext.framesWithEngine,
             receiveFramesHeldByCaller: receiveContext.framesHeldByCaller,
-            totalLargeChunks: pool.largeChunkCount,
+            framesLentToOtherPorts: receiveContext.lent.count + sendPool.lent.count,
+            totalLargeChunks: receiveContext.range.largeChunkCount + sendPool.range.largeChunkCount,
             largeChunksFree: send.largeChunks + receiveContext.largeChunksFree)
     }
 }

@@ -137,6 +137,25 @@ int cafxdp_socket_create(struct xsk_socket **socket, const char *ifname,
     return xsk_socket__create(socket, ifname, queue, umem, &rings->rx, &rings->tx, &config);
 }
 
+int cafxdp_socket_create_shared(struct xsk_socket **socket, const char *ifname,
+                                uint32_t queue, struct xsk_umem *umem,
+                                uint32_t rx_size, uint32_t tx_size,
+                                cafxdp_rings *rings)
+{
+    memset(rings, 0, sizeof(*rings));
+    struct xsk_socket_config config = {
+        .rx_size = rx_size,
+        .tx_size = tx_size,
+        .libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+        .xdp_flags = 0,
+        // A socket sharing a UMEM takes its mode (copy or zero-copy, need
+        // wakeup) from the UMEM's first socket: the kernel refuses flags here.
+        .bind_flags = 0,
+    };
+    return xsk_socket__create_shared(socket, ifname, queue, umem, &rings->rx, &rings->tx,
+                                     &rings->fill, &rings->completion, &config);
+}
+
 int cafxdp_statistics(int fd, struct xdp_statistics *out)
 {
     socklen_t length = sizeof(*out);

@@ -55,7 +55,7 @@ struct ContractTests {
         let next = try #require(successor)
         #expect(next.slot == first.slot, "the slot was reused: a write through the stale packet would land in it")
         #expect(try next.packets.lengths == Array(repeating: 0, count: 40), "the new owner's packets are untouched")
-        #expect(port.pool.lists[Int(next.slot)].unsetLengths == 40)
+        #expect(port.table.lists[Int(next.slot)].unsetLengths == 40)
         #expect(throws: AFXDPError.emptyFrame) { try port.send(next) }
 
         for access: (PacketList) throws -> Any in [
@@ -72,7 +72,7 @@ struct ContractTests {
         #expect(throws: AFXDPError.listNotOwnedByCaller) { try next.setPriority(3) }
         #expect(throws: AFXDPError.listNotOwnedByCaller) { try next.packets }
         #expect(throws: AFXDPError.listNotOwnedByCaller) { try next.count }
-        #expect(port.pool.lists[Int(next.slot)].priority == 0)
+        #expect(port.table.lists[Int(next.slot)].priority == 0)
         kernel.transmit()
         port.poll()
         #expect(try next.status == .success)
@@ -427,7 +427,7 @@ struct ContractTests {
         try port.send(list)
         kernel.transmit()
         #expect(kernel.injectCompletion(0), "receive frame 0: never sent")
-        #expect(kernel.injectCompletion(UInt64(port.pool.frameCount) * UInt64(port.pool.frameSize) + 4096), "outside the UMEM")
+        #expect(kernel.injectCompletion(UInt64(port.umem.frameCount) * UInt64(port.umem.frameSize) + 4096), "outside the UMEM")
         #expect(kernel.injectCompletion(frames[0]), "one of the list's frames, completed before the kernel did")
         port.poll()
         #expect(completed.load(ordering: .relaxed) == 0, "the list still has a frame out")
@@ -448,7 +448,7 @@ struct ContractTests {
                 indication.port.pause()
                 indication.port.close()
             }, onSendComplete: { _ in })
-        let maximum = port.pool.sendFrameCount
+        let maximum = port.sendFrameCount
         #expect(throws: AFXDPError.invalidPacketCount(requested: 0, maximum: maximum)) { try port.allocateList(packetCount: 0) }
         #expect(throws: AFXDPError.invalidPacketCount(requested: 1_000_000, maximum: maximum)) {
             try port.allocateList(packetCount: 1_000_000)

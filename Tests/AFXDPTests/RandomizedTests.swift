@@ -167,7 +167,7 @@ struct Caller {
         guard let list else { return }
         do {
             // Lengths vary; received lists keep theirs.
-            if port.pool.home(ofList: list.slot) == .send {
+            if case .send = port.table.home(of: list.slot) {
                 let length = Int.random(in: 60...1400, using: &random)
                 let first = UInt64(index) << 40 | UInt64.random(in: 0..<(1 << 32), using: &random)
                 try fill(list, stream: index, firstSequence: first, length: length, from: .init(bytes: [2, 0, 0, 0, 0, 1]), to: .init(bytes: [2, 0, 0, 0, 0, 2]))
@@ -223,7 +223,7 @@ struct Caller {
     }
 
     mutating func allocateBadly() {
-        let count = Bool.random(using: &random) ? 0 : port.pool.sendFrameCount + 1
+        let count = Bool.random(using: &random) ? 0 : port.sendFrameCount + 1
         do {
             _ = try port.allocateList(packetCount: count)
             ledger.fail("allocateList(\(count)) did not throw")

@@ -41,8 +41,12 @@ struct PacketTag: Equatable {
 /// `poll`, `returnList`), over heap memory instead of a socket.
 final class SimulatedPort {
     static let frameSize = 2048
-    let umem: UnsafeMutableRawPointer
-    let pool: PacketPool
+    let memory: UMEM
+    let table: ListTable
+    /// The region's send pool; the receive frames before it stay unused.
+    let pool: SendPool
+    let receiveFrameCount: Int
+    var umem: UnsafeMutableRawPointer { memory.area.base }
     let tx: HeapRing<XDPDescriptor>
     let completion: HeapRing<UInt64>
     let region: SendRegion
@@ -62,17 +66,18 @@ final class SimulatedPort {
         startIndex: UInt32 = 0, sendHeadroom: Int = 0
     ) {
         let frameCount = receiveFrames + sendFrames
-        umem = UnsafeMutableRawPointer.allocate(byteCount: frameCount * Self.frameSize, alignment: 4096)
-        umem.initializeMemory(as: UInt8.self, repeating: 0, count: frameCount * Self.frameSize)
-        pool = PacketPool(
-            umem: umem, frameSize: Self.frameSize, frameCount: frameCount,
-            receiveFrameCount: receiveFrames, sendHeadroom: sendHeadroom)
+        memory = try! UMEM(frameCount: frameCount, frameSize: Self.frameSize, headroom: sendHeadroom)
+        table = memory.table
+        receiveFrameCount = receiveFrames
+        _ = table.reserve(frameCount: receiveFrames)!
+        let (range, id) = table.reserve(frameCount: sendFrames)!
+        pool = SendPool(table: table, range: range, id: id, lock: PThreadLock())
+        table.register(.send(pool), range: range, id: id)
         tx = HeapRing<XDPDescriptor>(size: txSize, startIndex: startIndex)
         completion = HeapRing<UInt64>(size: completionSize, startIndex: startIndex)
         let log = self.log
-        let pool = self.pool
         region = SendRegion(context: SendContext(
-            pool: pool, tx: tx.memory, completion: completion.memory, socketFD: -1,
+            table: table, ownPools: (.max, id), tx: tx.memory, completion: completion.memory, socketFD: -1,
             kickOnlyWhenAsked: true,
             onComplete: { batch in
                 log.batches += 1
@@ -92,7 +97,6 @@ final class SimulatedPort {
     deinit {
         tx.deallocate()
         completion.deallocate()
-        umem.deallocate()
     }
 
     // MARK: The caller's side, as Port offers it
@@ -100,9 +104,9 @@ final class SimulatedPort {
     /// `Port.send`: refuses bad input, hands the list to the region, then
     /// runs a placing pass (no handler) if no one else has the region.
     func send(_ list: PacketList) throws(AFXDPError) {
-        guard list.pool === pool else { throw .foreignList }
+        guard list.table === table else { throw .foreignList }
         if try list.ownedRecord().pointee.unsetLengths != 0 { throw .emptyFrame }
-        try pool.transition(list, from: .caller, to: .engine)
+        try table.transition(list, from: .caller, to: .engine)
         region.accept(list.slot)
         serviceSend()
     }
@@ -146,8 +150,8 @@ final class SimulatedPort {
 
     /// `Port.returnList` for a send-pool list.
     func returnList(_ list: PacketList) throws(AFXDPError) {
-        try pool.transition(list, from: .caller, to: .free, bumpGeneration: true)
-        pool.releaseToSendPool(list.slot)
+        try table.transition(list, from: .caller, to: .free, bumpGeneration: true)
+        pool.release(list.slot)
     }
 
     private func notePass() {
@@ -206,7 +210,7 @@ final class SimulatedPort {
         for entry in log.entries { try returnList(entry.list) }
     }
 
-    var sendFrameCount: Int { pool.frameCount - pool.receiveFrameCount }
+    var sendFrameCount: Int { pool.frameCount }
     var counters: Statistics.Send { context.counters.snapshot() }
 }
 
@@ -275,13 +279,12 @@ struct HandPlayedKernel {
         let frameSize = UInt64(SimulatedPort.frameSize)
         let frame = Int(descriptor.address / frameSize)
         let offset = Int(descriptor.address % frameSize)
-        let pool = port.pool
-        guard frame >= pool.receiveFrameCount, frame < pool.frameCount else {
+        guard port.pool.range.frames.contains(frame) else {
             malformed.append("address \(descriptor.address) is not a send frame")
             return
         }
-        guard offset == pool.sendHeadroom else {
-            malformed.append("address \(descriptor.address) has offset \(offset), headroom is \(pool.sendHeadroom)")
+        guard offset == port.table.headroom else {
+            malformed.append("address \(descriptor.address) has offset \(offset), headroom is \(port.table.headroom)")
             return
         }
         let bytes = UnsafeRawPointer(port.umem + Int(descriptor.address))
@@ -391,7 +394,7 @@ func expectAllHome(_ port: SimulatedPort, _ kernel: HandPlayedKernel, sourceLoca
     #expect(kernel.awaitingCompletion.isEmpty, sourceLocation: sourceLocation)
     #expect(kernel.txPending == 0, sourceLocation: sourceLocation)
     #expect(port.counters.queuedFrames == 0, sourceLocation: sourceLocation)
-    let home = port.pool.sendPoolCounts
+    let home = port.pool.counts
     #expect(home.frames == port.sendFrameCount, "send frames in the pool", sourceLocation: sourceLocation)
     #expect(home.lists == port.sendFrameCount, "send list slots in the pool", sourceLocation: sourceLocation)
 }
@@ -842,10 +845,10 @@ struct SimulatedKernelTests {
         try port.returnList(list)
         #expect(!list.isOwnedByCaller)
         #expect(throws: AFXDPError.listAlreadyReturned) { try port.returnList(list) }
-        #expect(throws: AFXDPError.listAlreadyReturned) { try pool.transition(list, from: .caller, to: .engine) }
+        #expect(throws: AFXDPError.listAlreadyReturned) { try port.table.transition(list, from: .caller, to: .engine) }
         let successor = try #require(pool.allocate(packetCount: 1))
         #expect(successor.slot == list.slot, "the slot was reused")
-        #expect(throws: AFXDPError.listAlreadyReturned) { try pool.transition(list, from: .caller, to: .engine) }
+        #expect(throws: AFXDPError.listAlreadyReturned) { try port.table.transition(list, from: .caller, to: .engine) }
         #expect(throws: AFXDPError.listAlreadyReturned) { try port.returnList(list) }
         #expect(successor.isOwnedByCaller, "the stale handle did not disturb the new owner")
 
@@ -854,7 +857,7 @@ struct SimulatedKernelTests {
         try port.send(successor)
         #expect(throws: AFXDPError.listNotOwnedByCaller) { try port.send(successor) }
         #expect(throws: AFXDPError.listNotOwnedByCaller) { try port.returnList(successor) }
-        #expect(throws: AFXDPError.listNotOwnedByCaller) { try pool.transition(successor, from: .caller, to: .engine) }
+        #expect(throws: AFXDPError.listNotOwnedByCaller) { try port.table.transition(successor, from: .caller, to: .engine) }
         drive(port, &kernel) { port.log.entries.count == 1 }
         #expect(port.log.entries.map(\.status) == [.success])
         // Completed, it is the caller's again.
@@ -882,7 +885,7 @@ struct ResendTests {
         try port.sendAgain(list)
         // Sent again and not completed yet: the engine's, so the caller may not read it.
         #expect(throws: AFXDPError.listNotOwnedByCaller) { try list.status }
-        #expect(port.pool.lists[Int(list.slot)].status == .pending)
+        #expect(port.table.lists[Int(list.slot)].status == .pending)
         drive(port, &kernel) { port.log.entries.count == 2 }
         #expect(port.log.entries.map(\.status) == [.success, .success])
         #expect(kernel.wire.count == 4)
@@ -948,7 +951,7 @@ struct CloseTests {
         #expect(unsent.isOwnedByCaller)
         try port.returnList(unsent)
         try port.returnAllCompleted()
-        let home = port.pool.sendPoolCounts
+        let home = port.pool.counts
         #expect(home.frames == port.sendFrameCount)
         #expect(home.lists == port.sendFrameCount)
     }
@@ -977,7 +980,7 @@ struct CloseTests {
         #expect(port.log.sequences == [sequence], "every list sent completes exactly once")
         #expect(port.log.entries.map(\.status) == [.closing])
         #expect(
-            port.pool.sendPoolCounts.frames == port.sendFrameCount - 2,
+            port.pool.counts.frames == port.sendFrameCount - 2,
             "the frames of a list that is not back with the caller are not in the free pool")
     }
 }

@@ -196,8 +196,8 @@ struct SimulatedPortTests {
         configuration.frameSize = 2048
         let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: { _ in })
         defer { port.close() }
-        let umemSize = UInt64(port.pool.frameCount * 2048)
-        let send = UInt64(port.pool.receiveFrameCount) * 2048
+        let umemSize = UInt64(port.umem.frameCount * 2048)
+        let send = UInt64(port.configuration.resolvedReceiveFrameCount) * 2048
         for descriptor in [
             XDPDescriptor(address: send, length: 0),  // empty
             XDPDescriptor(address: send + 100, length: 1_949),  // runs past its frame's end

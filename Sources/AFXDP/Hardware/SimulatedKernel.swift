@@ -54,7 +54,7 @@ public final class SimulatedKernel: @unchecked Sendable {
     /// For `.shuffled` completions.
     @exclusivity(unchecked) private var shuffleState: UInt64 = 0x5DEE_CE66_D1CE_4E5B
 
-    init(configuration: PortConfiguration, umem: UnsafeMutableRawPointer, loopback: Bool) {
+    init(configuration: PortConfiguration, umem: UMEM, loopback: Bool) {
         fill = HeapRing(size: configuration.fillRingSize)
         completion = HeapRing(size: configuration.completionRingSize)
         rx = HeapRing(size: configuration.receiveRingSize)
@@ -63,9 +63,9 @@ public final class SimulatedKernel: @unchecked Sendable {
         completionProducer = ProducerRing(completion.memory)
         rxProducer = ProducerRing(rx.memory)
         txConsumer = ConsumerRing(tx.memory)
-        self.umem = umem
-        frameSize = configuration.frameSize
-        umemSize = UInt64(configuration.umemFrameCount * configuration.frameSize)
+        self.umem = umem.area.base
+        frameSize = umem.frameSize
+        umemSize = UInt64(umem.frameCount * umem.frameSize)
         self.loopback = loopback
         inFlight.reserveCapacity(Int(configuration.completionRingSize))
     }

@@ -23,44 +23,45 @@ import Atomics
 /// caller owns): a list returned on one thread while another writes its
 /// packets is the caller's race.
 public struct PacketList: Hashable, Sendable, CustomStringConvertible {
-    /// Strong: a handle keeps the pool (and through it the UMEM) alive.
-    @usableFromInline let pool: PacketPool
+    /// Strong: a handle keeps the UMEM's list table (and through it the
+    /// UMEM's memory) alive.
+    @usableFromInline let table: ListTable
     @usableFromInline let slot: UInt32
     @usableFromInline let generation: UInt32
 
     @inlinable
-    init(pool: PacketPool, slot: UInt32, generation: UInt32) {
-        self.pool = pool
+    init(table: ListTable, slot: UInt32, generation: UInt32) {
+        self.table = table
         self.slot = slot
         self.generation = generation
     }
 
     public static func == (lhs: PacketList, rhs: PacketList) -> Bool {
-        lhs.pool === rhs.pool && lhs.slot == rhs.slot && lhs.generation == rhs.generation
+        lhs.table === rhs.table && lhs.slot == rhs.slot && lhs.generation == rhs.generation
     }
 
     public func hash(into hasher: inout Hasher) {
-        hasher.combine(ObjectIdentifier(pool))
+        hasher.combine(ObjectIdentifier(table))
         hasher.combine(slot)
         hasher.combine(generation)
     }
 
     public var description: String {
-        switch pool.ownership(of: self) {
-        case .caller: return "PacketList(slot: \(slot), generation: \(generation), packets: \(pool.lists[Int(slot)].count))"
+        switch table.ownership(of: self) {
+        case .caller: return "PacketList(slot: \(slot), generation: \(generation), packets: \(table.lists[Int(slot)].count))"
         case .engine: return "PacketList(slot: \(slot), generation: \(generation), with the engine)"
         case .stale: return "PacketList(slot: \(slot), generation: \(generation), returned)"
         }
     }
 
     /// Whether the list is the caller's to use right now (not sent, not returned).
-    public var isOwnedByCaller: Bool { pool.ownership(of: self) == .caller }
+    public var isOwnedByCaller: Bool { table.ownership(of: self) == .caller }
 
     /// The list's record, once the handle is checked to be the caller's.
     @inlinable @inline(__always)
     func ownedRecord() throws(AFXDPError) -> UnsafeMutablePointer<ListRecord> {
-        try pool.checkOwnedByCaller(slot: slot, word: PacketPool.packed(generation, .caller))
-        return pool.lists + Int(slot)
+        try table.checkOwnedByCaller(slot: slot, word: ListTable.packed(generation, .caller))
+        return table.lists + Int(slot)
     }
 
     /// Number of packets.
@@ -100,13 +101,13 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
 
     /// Bytes the caller (or a layer stacked above) may use for its own per-list
     /// state while it holds the list, instead of allocating a descriptor
-    /// (`PacketPool.contextAreaSize` of them). Valid while the list is the
+    /// (`ListTable.contextAreaSize` of them). Valid while the list is the
     /// caller's; the engine never reads or writes them.
     @inlinable public var contextArea: UnsafeMutableRawBufferPointer {
         get throws(AFXDPError) {
             _ = try ownedRecord()
             return UnsafeMutableRawBufferPointer(
-                start: pool.contextAreas + Int(slot) * PacketPool.contextAreaSize, count: PacketPool.contextAreaSize)
+                start: table.contextAreas + Int(slot) * ListTable.contextAreaSize, count: ListTable.contextAreaSize)
         }
     }
 
@@ -120,7 +121,7 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
         get throws(AFXDPError) {
             _ = try ownedRecord()
             var total = 0
-            pool.forEachSlot(of: slot) { _, packets in for packet in packets { total += Int(packet.length) } }
+            table.forEachSlot(of: slot) { _, packets in for packet in packets { total += Int(packet.length) } }
             return total
         }
     }
@@ -145,18 +146,19 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
         /// error, if the list stops being the caller's meanwhile.
         @inlinable @inline(__always)
         public func forEach<E: Error>(_ body: (borrowing Packet) throws(E) -> Void) throws(E) {
-            // The list (strong, held by `self`) keeps the pool alive for the walk.
-            unowned(unsafe) let pool = list.pool
-            let expected = PacketPool.packed(list.generation, .caller)
-            let word = pool.word(list.slot)
-            let record = pool.lists + Int(list.slot)
-            let umem = pool.umem
-            let frameShift = pool.frameShift
+            // The table's memory by value: the list (held by `self`) keeps it
+            // alive for the walk, and a copy of the layout costs no retain.
+            let table = list.table.layout
+            let umem = list.table.umem
+            let expected = TableLayout.packed(list.generation, .caller)
+            let word = table.word(list.slot)
+            let record = table.lists + Int(list.slot)
+            let frameShift = table.frameShift
             var slot = list.slot
             while slot != noSlot, word.load(ordering: .relaxed) == expected {
-                var entry = pool.chunk(slot)
-                let end = entry + Int(pool.lists[Int(slot)].chunkCount)
-                slot = pool.lists[Int(slot)].chunkNext
+                var entry = table.chunk(slot)
+                let end = entry + Int(table.lists[Int(slot)].chunkCount)
+                slot = table.lists[Int(slot)].chunkNext
                 while entry != end {
                     try body(Packet(word: word, expected: expected, entry: entry, record: record, umem: umem, frameShift: frameShift))
                     entry += 1
@@ -170,21 +172,22 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
         @inlinable
         public func withPacket<R, E: Error>(at index: Int, _ body: (borrowing Packet) throws(E) -> R) throws(E) -> R? {
             guard index >= 0, index < count else { return nil }
-            // The list (strong, held by `self`) keeps the pool alive for the walk.
-            unowned(unsafe) let pool = list.pool
-            let expected = PacketPool.packed(list.generation, .caller)
-            let word = pool.word(list.slot)
+            // As in `forEach`: the layout by value, kept alive by the list.
+            let table = list.table.layout
+            let umem = list.table.umem
+            let expected = TableLayout.packed(list.generation, .caller)
+            let word = table.word(list.slot)
             var slot = list.slot
             var skip = index
             while slot != noSlot, word.load(ordering: .relaxed) == expected {
-                let inSlot = Int(pool.lists[Int(slot)].chunkCount)
+                let inSlot = Int(table.lists[Int(slot)].chunkCount)
                 if skip < inSlot {
                     return try body(Packet(
-                        word: word, expected: expected, entry: pool.chunk(slot) + skip, record: pool.lists + Int(list.slot),
-                        umem: pool.umem, frameShift: pool.frameShift))
+                        word: word, expected: expected, entry: table.chunk(slot) + skip, record: table.lists + Int(list.slot),
+                        umem: umem, frameShift: table.frameShift))
                 }
                 skip -= inSlot
-                slot = pool.lists[Int(slot)].chunkNext
+                slot = table.lists[Int(slot)].chunkNext
             }
             return nil
         }
@@ -239,7 +242,7 @@ public struct Packet: ~Copyable {
     @inlinable @inline(__always)
     func check() throws(AFXDPError) {
         let current = word.load(ordering: .relaxed)
-        if current != expected { throw PacketPool.ownershipError(current: current, expected: expected) }
+        if current != expected { throw ListTable.ownershipError(current: current, expected: expected) }
     }
 
     @inlinable var offsetMask: UInt64 { (1 &<< UInt64(frameShift)) &- 1 }

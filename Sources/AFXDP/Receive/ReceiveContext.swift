@@ -1,12 +1,18 @@
 import AFXDPRings
 import Atomics
 
-/// The receive region of a port: the RX ring, the fill ring, and the
-/// receive frames and list slots not lent to the caller.
+/// The receive region of a port: the RX ring, the fill ring, and its receive
+/// pool, the frames, list slots and large chunks that feed the fill ring.
+///
+/// The pool is the home of the lists this region indicates: returned (on any
+/// port of the UMEM), they come back through `door.mailbox`. The region
+/// therefore outlives its port while the UMEM lives (the UMEM's pool
+/// directory keeps it): after close the rings are gone (`ringsOpen` false),
+/// and returned lists are taken back at once by whoever returns them.
 ///
 /// Thread ownership: every stored property below the padding is touched only
-/// by the thread that currently owns the region (`doorbell.ownership`). Other
-/// threads reach it through `doorbell.mailbox` (returned lists).
+/// by the thread that currently owns the region (`door.ownership`). Other
+/// threads reach it through `door.mailbox` (returned lists).
 final class ReceiveContext: @unchecked Sendable {
     // @unchecked: single owner at a time, enforced by RegionOwnership.
 
@@ -15,11 +21,20 @@ final class ReceiveContext: @unchecked Sendable {
     // MARK: Owner-only state
     //
     // `@exclusivity(unchecked)`: one owner at a time (see SendContext).
-    let pool: PacketPool
+    /// The UMEM's list table, by value (no retain on the hot paths)...
+    let table: TableLayout
+    /// ...and as the object handles hold (the table outlives this region).
+    unowned(unsafe) let listTable: ListTable
+    /// This pool's share of the table, and its id in the UMEM's directory.
+    let range: ListTable.Range
+    let id: UInt16
+    /// The pool's frames as UMEM addresses: from `addressBase`, `addressSpan` bytes.
+    private let addressBase: UInt64
+    private let addressSpan: UInt64
     @exclusivity(unchecked) var rx: ConsumerRing<XDPDescriptor>
     @exclusivity(unchecked) var fill: ProducerRing<UInt64>
     /// False once close has taken the socket (and these rings) away.
-    @exclusivity(unchecked) private var ringsOpen = true
+    @exclusivity(unchecked) private(set) var ringsOpen = true
     /// Receive frames that are the engine's and not in the fill ring.
     @exclusivity(unchecked) var freeFrames: IndexStack
     /// Receive list slots not in use.
@@ -34,10 +49,19 @@ final class ReceiveContext: @unchecked Sendable {
     /// Whether the last refill left the kernel fewer than `lowWatermark` frames.
     @exclusivity(unchecked) private(set) var isLowOnResources = false
     let socketFD: Int32
-    let onReceive: @Sendable (ReceiveIndication) -> Void
+    /// A `var` only so that close can let go of it (and of what it captures).
+    @exclusivity(unchecked) private var onReceive: @Sendable (ReceiveIndication) -> Void
     /// The port this region belongs to; set once, right after the port is
-    /// made. The port owns this region, so it outlives every pass.
+    /// made. Indications (the only use) happen while the rings are open, when
+    /// the port is alive.
     @exclusivity(unchecked) unowned(unsafe) var port: Port!
+
+    /// Who owns the region now, and the mailbox of returned lists: written by
+    /// any thread, on lines of their own.
+    let door = RegionDoorbell()
+    /// Frames of this pool's lists queued or in flight on another port of
+    /// the UMEM (lent for forwarding): written by that port's send region.
+    let lent = LentFrames()
 
     // MARK: Counters (owner writes, anyone reads)
     let counters = ReceiveCounters()
@@ -48,21 +72,28 @@ final class ReceiveContext: @unchecked Sendable {
 
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
-    init(pool: PacketPool, rx: RingMemory, fill: RingMemory, socketFD: Int32, batchSize: UInt32,
-         onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
-        self.pool = pool
+    init(table listTable: ListTable, range: ListTable.Range, id: UInt16, rx: RingMemory, fill: RingMemory, socketFD: Int32,
+         batchSize: UInt32, onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
+        self.listTable = listTable
+        table = listTable.layout
+        self.range = range
+        self.id = id
+        addressBase = UInt64(range.firstFrame) &<< UInt64(table.frameShift)
+        addressSpan = UInt64(range.frameCount) &<< UInt64(table.frameShift)
         self.rx = ConsumerRing(rx)
         self.fill = ProducerRing(fill)
         self.socketFD = socketFD
         self.batchSize = batchSize
         self.onReceive = onReceive
         lowWatermark = Int(batchSize)
-        freeFrames = IndexStack(capacity: pool.receiveFrameCount)
-        freeSlots = IndexStack(capacity: pool.receiveListCount)
-        for frame in (0..<pool.receiveFrameCount).reversed() { freeFrames.push(UInt32(frame)) }
-        for slot in (0..<pool.receiveListCount).reversed() { freeSlots.push(UInt32(slot)) }
-        freeLargeChunks = IndexStack(capacity: pool.receiveLargeChunkCount)
-        for chunk in (0..<pool.receiveLargeChunkCount).reversed() { freeLargeChunks.push(UInt32(chunk)) }
+        freeFrames = IndexStack(capacity: range.frameCount)
+        freeSlots = IndexStack(capacity: range.frameCount)
+        for frame in range.frames.reversed() {
+            freeFrames.push(UInt32(frame))
+            freeSlots.push(UInt32(frame))
+        }
+        freeLargeChunks = IndexStack(capacity: range.largeChunkCount)
+        for chunk in range.largeChunks.reversed() { freeLargeChunks.push(UInt32(chunk)) }
         heldStorage.initialize(repeating: .init(0), count: 16)
         _ = leadingPadding
         _ = trailingPadding
@@ -97,8 +128,8 @@ final class ReceiveContext: @unchecked Sendable {
     /// packets per list, at most `maximumLists` lists). Returns whether
     /// anything moved.
     @discardableResult
-    func service(mailbox: SlotMailbox, maximumLists: Int = 4) -> Bool {
-        var progress = takeReturns(mailbox)
+    func service(maximumLists: Int = 4) -> Bool {
+        var progress = takeReturns()
         defer { publish() }
         guard ringsOpen else { return progress }
         refill()
@@ -115,29 +146,30 @@ final class ReceiveContext: @unchecked Sendable {
     /// not one into a free stack and another out of it); the rest wait in
     /// the free stack.
     @discardableResult
-    func takeReturns(_ mailbox: SlotMailbox) -> Bool {
+    func takeReturns() -> Bool {
+        let mailbox = door.mailbox
         guard !mailbox.isEmpty else { return false }
         defer { publish() }
-        let first = mailbox.takeAll(links: pool.lists)
+        let first = mailbox.takeAll(links: table.lists)
         var returned: UInt32 = 0
         var slot = first
         while slot != noSlot {
-            returned &+= pool.lists[Int(slot)].count
-            slot = pool.lists[Int(slot)].next
+            returned &+= table.lists[Int(slot)].count
+            slot = table.lists[Int(slot)].next
         }
         var (index, room) = ringsOpen ? fill.reserve(upTo: returned) : (0, 0)
         let granted = room
-        let shift = UInt64(pool.frameShift)
-        let frameMask = ~pool.offsetMask
+        let shift = UInt64(table.frameShift)
+        let frameMask = ~table.offsetMask
         // Locals, so the per-packet loop does not reload them after every store.
-        let ring = fill, lists = pool.lists
+        let ring = fill, lists = table.lists
         slot = first
         while slot != noSlot {
             let next = lists[Int(slot)].next
             var chunk = slot
             while chunk != noSlot {
                 let chunkCount = lists[Int(chunk)].chunkCount
-                var packet = pool.chunk(chunk)
+                var packet = table.chunk(chunk)
                 let end = packet + Int(chunkCount)
                 var toRing = min(room, chunkCount)
                 room &-= toRing
@@ -155,11 +187,11 @@ final class ReceiveContext: @unchecked Sendable {
                     packet += 1
                 }
                 let nextChunk = lists[Int(chunk)].chunkNext
-                if let large = pool.largeChunk(of: chunk) { freeLargeChunks.push(large) }
+                if let large = table.largeChunk(of: chunk) { freeLargeChunks.push(large) }
                 freeSlots.push(chunk)
                 chunk = nextChunk
             }
-            pool.setState(slot, .free, generation: pool.generation(of: slot))
+            table.setState(slot, .free, generation: table.generation(of: slot))
             slot = next
         }
         if granted > 0 {
@@ -182,7 +214,7 @@ final class ReceiveContext: @unchecked Sendable {
         if !freeFrames.isEmpty {
             let (start, granted) = fill.reserve(upTo: UInt32(freeFrames.count))
             if granted > 0 {
-                let shift = UInt64(pool.frameShift)
+                let shift = UInt64(table.frameShift)
                 var index = start
                 let end = start &+ granted
                 while index != end {
@@ -208,16 +240,15 @@ final class ReceiveContext: @unchecked Sendable {
         // A slot holds a packet or more, and there is a slot per receive
         // frame: slots never run out before frames do.
         guard let head = freeSlots.pop() else { invariantFailed("no free receive list slot", file: #file, line: #line) }
-        let list = pool.lists + Int(head)
-        // Addresses below this are receive frames.
-        let limit = UInt64(pool.receiveFrameCount) &<< UInt64(pool.frameShift)
+        let list = table.lists + Int(head)
+        let base = addressBase, span = addressSpan
         // Locals, so the per-packet loop does not reload them after every store.
-        let ring = rx, lists = pool.lists
+        let ring = rx, lists = table.lists
         var index = start
         let end = start &+ count
         var bytes = 0
         var chunk = head
-        var capacity = pool.attachChunk(to: head, remaining: count, from: &freeLargeChunks)
+        var capacity = table.attachChunk(to: head, remaining: count, from: &freeLargeChunks)
         var filled: UInt32 = 0
         // The descriptors are copied as they are, a slot's run at a time.
         while true {
@@ -227,10 +258,10 @@ final class ReceiveContext: @unchecked Sendable {
                 from: index, upTo: min(end &- index, capacity &- filled))
             // Copied whole (options included: see SendContext.stampOwners),
             // then checked and counted where they now are.
-            let packets = pool.chunk(chunk) + Int(filled)
+            let packets = table.chunk(chunk) + Int(filled)
             packets.update(from: first, count: Int(run))
             for offset in 0..<Int(run) {
-                invariant(packets[offset].address < limit, "the RX ring returned address \(packets[offset].address), outside the receive pool")
+                invariant(packets[offset].address &- base < span, "the RX ring returned address \(packets[offset].address), outside the receive pool")
                 bytes &+= Int(truncatingIfNeeded: packets[offset].length)
             }
             index &+= run
@@ -239,7 +270,7 @@ final class ReceiveContext: @unchecked Sendable {
             lists[Int(chunk)].chunkCount = filled
             if index == end { break }
             guard let next = freeSlots.pop() else { invariantFailed("no free receive list slot", file: #file, line: #line) }
-            capacity = pool.attachChunk(to: next, remaining: end &- index, from: &freeLargeChunks)
+            capacity = table.attachChunk(to: next, remaining: end &- index, from: &freeLargeChunks)
             lists[Int(chunk)].chunkNext = next
             chunk = next
             filled = 0
@@ -251,46 +282,68 @@ final class ReceiveContext: @unchecked Sendable {
         list.pointee.count = count
         list.pointee.unsetLengths = 0
         list.pointee.ownersStamped = false
-        pool.resetHeader(head)
+        table.resetHeader(head)
         let lowResources = framesWithKernel + freeFrames.count < lowWatermark
         held.store(held.load(ordering: .relaxed) &+ Int(count), ordering: .relaxed)
         counters.add(packets: Int(count), bytes: bytes)
-        let generation = pool.generation(of: head)
-        pool.setState(head, .caller, generation: generation)
+        let generation = table.generation(of: head)
+        table.setState(head, .caller, generation: generation)
         let indication = ReceiveIndication(
-            port: port, list: PacketList(pool: pool, slot: head, generation: generation), lowResources: lowResources)
+            port: port, list: PacketList(table: listTable, slot: head, generation: generation), lowResources: lowResources)
         HandlerContext.run { onReceive(indication) }
         return true
     }
 
     /// Close, once the socket is gone: the fill and RX rings are gone with it,
     /// so every receive frame the caller does not hold is the engine's again.
-    func reclaimAfterSocketClosed(_ mailbox: SlotMailbox) {
+    func reclaimAfterSocketClosed() {
         ringsOpen = false
-        takeReturns(mailbox)
+        // Before the last look at the mailbox: a list returned from now on is
+        // taken back by its returner, or by the owner's look after letting go.
+        closedFlag.store(true, ordering: .sequentiallyConsistent)
+        takeReturns()
         while freeFrames.pop() != nil {}
         while freeSlots.pop() != nil {}
         while freeLargeChunks.pop() != nil {}
         // Lists still out are those whose first slot is not free; their other
         // slots and their frames stay out with them.
-        var heldFrames = [Bool](repeating: false, count: pool.receiveFrameCount)
-        var heldSlots = [Bool](repeating: false, count: pool.receiveListCount)
-        var heldLargeChunks = [Bool](repeating: false, count: pool.receiveLargeChunkCount)
-        let shift = UInt64(pool.frameShift)
-        for head in 0..<pool.receiveListCount where pool.state(of: UInt32(head)) != .free {
-            pool.forEachSlot(of: UInt32(head)) { slot, packets in
-                heldSlots[Int(slot)] = true
-                if let large = pool.largeChunk(of: slot) { heldLargeChunks[Int(large)] = true }
-                for packet in packets { heldFrames[Int(packet.address &>> shift)] = true }
+        let first = range.firstFrame
+        var heldFrames = [Bool](repeating: false, count: range.frameCount)
+        var heldSlots = [Bool](repeating: false, count: range.frameCount)
+        var heldLargeChunks = [Bool](repeating: false, count: range.largeChunkCount)
+        let shift = UInt64(table.frameShift)
+        for head in range.frames where table.state(of: UInt32(head)) != .free {
+            table.forEachSlot(of: UInt32(head)) { slot, packets in
+                heldSlots[Int(slot) - first] = true
+                if let large = table.largeChunk(of: slot) { heldLargeChunks[Int(large) - range.firstLargeChunk] = true }
+                for packet in packets { heldFrames[Int(packet.address &>> shift) - first] = true }
             }
         }
-        for frame in (0..<pool.receiveFrameCount).reversed() where !heldFrames[frame] { freeFrames.push(UInt32(frame)) }
-        for slot in (0..<pool.receiveListCount).reversed() where !heldSlots[slot] { freeSlots.push(UInt32(slot)) }
-        for chunk in (0..<pool.receiveLargeChunkCount).reversed() where !heldLargeChunks[chunk] {
+        for frame in range.frames.reversed() where !heldFrames[frame - first] { freeFrames.push(UInt32(frame)) }
+        for slot in range.frames.reversed() where !heldSlots[slot - first] { freeSlots.push(UInt32(slot)) }
+        for chunk in range.largeChunks.reversed() where !heldLargeChunks[chunk - range.firstLargeChunk] {
             freeLargeChunks.push(UInt32(chunk))
         }
         counters.add(framesWithKernel: -framesWithKernel)
         framesWithKernel = 0
         publish()
+    }
+
+    /// Lets go of the receive handler once the port is closed (no pass calls it again).
+    func dropHandler() {
+        onReceive = { _ in }
+    }
+
+    /// Set once the port's rings are gone: returned lists are then taken
+    /// back by whoever returns them, since no pass runs any more.
+    private let closedFlag = ManagedAtomic<Bool>(false)
+
+    /// A list of this pool returned (its state already moved and its
+    /// generation bumped), on any port of the UMEM and any thread.
+    func takeBack(_ slot: UInt32) {
+        door.mailbox.push(slot, links: table.lists)
+        if closedFlag.load(ordering: .sequentiallyConsistent) {
+            door.runIfFree(rounds: 1) { takeReturns() }
+        }
     }
 }

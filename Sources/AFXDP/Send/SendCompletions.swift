@@ -46,7 +46,7 @@ public struct SendCompletions: Sequence {
             guard index < view.storedCount, view.isValid else { return nil }
             let (slot, generation) = view.context.completed(at: index)
             index += 1
-            return PacketList(pool: view.context.pool, slot: slot, generation: generation)
+            return PacketList(table: view.context.listTable, slot: slot, generation: generation)
         }
     }
 }

@@ -18,7 +18,13 @@ final class SendContext: @unchecked Sendable {
     // `@exclusivity(unchecked)`: the region has one owner at a time, so the
     // runtime's dynamic exclusivity checks guard nothing here; callgrind put
     // them at half of the engine's user-space instructions per packet.
-    let pool: PacketPool
+    /// The UMEM's list table, by value (no retain on the hot paths)...
+    let table: TableLayout
+    /// ...and as the object handles hold (the table outlives this region).
+    unowned(unsafe) let listTable: ListTable
+    /// The port's own pools: a list from any other pool of the UMEM is lent
+    /// to this region while queued or in flight (forwarding without a copy).
+    let ownPools: (receive: UInt16, send: UInt16)
     @exclusivity(unchecked) var tx: ProducerRing<XDPDescriptor>
     @exclusivity(unchecked) var completion: ConsumerRing<UInt64>
     /// Lists waiting to be placed into the TX ring, one FIFO per priority
@@ -62,10 +68,12 @@ final class SendContext: @unchecked Sendable {
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
     init(
-        pool: PacketPool, tx: RingMemory, completion: RingMemory, socketFD: Int32,
+        table listTable: ListTable, ownPools: (receive: UInt16, send: UInt16), tx: RingMemory, completion: RingMemory, socketFD: Int32,
         kickOnlyWhenAsked: Bool, onComplete: @escaping @Sendable (SendCompletions) -> Void
     ) {
-        self.pool = pool
+        self.listTable = listTable
+        table = listTable.layout
+        self.ownPools = ownPools
         self.tx = ProducerRing(tx)
         self.completion = ConsumerRing(completion)
         self.socketFD = socketFD
@@ -75,9 +83,9 @@ final class SendContext: @unchecked Sendable {
         queueHeads.initialize(repeating: noSlot, count: 8)
         queueTails = .allocate(capacity: 8)
         queueTails.initialize(repeating: noSlot, count: 8)
-        inFlightNext = .allocate(capacity: pool.listCount)
-        inFlightNext.initialize(repeating: noSlot, count: pool.listCount)
-        completedBatch = .allocate(capacity: pool.listCount)
+        inFlightNext = .allocate(capacity: table.listCount)
+        inFlightNext.initialize(repeating: noSlot, count: table.listCount)
+        completedBatch = .allocate(capacity: table.listCount)
         deliveryEpochStorage = .allocate(capacity: 8)
         deliveryEpochStorage.initialize(repeating: .init(0), count: 8)
         counters = SendCounters()
@@ -125,9 +133,9 @@ final class SendContext: @unchecked Sendable {
     @discardableResult
     private func takeMailbox(_ mailbox: SlotMailbox) -> Bool {
         guard !mailbox.isEmpty else { return false }
-        var slot = mailbox.takeAll(links: pool.lists)
+        var slot = mailbox.takeAll(links: table.lists)
         while slot != noSlot {
-            let next = pool.lists[Int(slot)].next
+            let next = table.lists[Int(slot)].next
             enqueue(slot)
             slot = next
         }
@@ -144,7 +152,7 @@ final class SendContext: @unchecked Sendable {
     }
 
     private func enqueue(_ slot: UInt32) {
-        let record = pool.lists + Int(slot)
+        let record = table.lists + Int(slot)
         record.pointee.next = noSlot
         record.pointee.status = .pending
         record.pointee.placedBytes = 0
@@ -152,16 +160,29 @@ final class SendContext: @unchecked Sendable {
         record.pointee.placeChunk = slot
         record.pointee.placeIndex = 0
         if !record.pointee.ownersStamped { stampOwners(slot) }
+        noteLent(slot, Int(record.pointee.count))
         let priority = Int(record.pointee.priority)
         if queueTails[priority] == noSlot {
             queueHeads[priority] = slot
             queuedPriorities |= 1 << priority
         } else {
-            pool.lists[Int(queueTails[priority])].next = slot
+            table.lists[Int(queueTails[priority])].next = slot
         }
         queueTails[priority] = slot
         queuedFrames += record.pointee.count
         counters.add(queued: Int(record.pointee.count))
+    }
+
+    /// Counts a list of another port's pool (on the same UMEM) as lent to
+    /// this region (`frames` > 0) or back from it (< 0), in its home's figures.
+    @inline(__always)
+    private func noteLent(_ slot: UInt32, _ frames: Int) {
+        let pool = table.poolID(of: slot)
+        guard pool != ownPools.receive, pool != ownPools.send else { return }
+        switch table.home(of: slot) {
+        case .receive(let context): context._withUnsafeGuaranteedRef { $0.lent.add(frames) }
+        case .send(let sendPool): sendPool._withUnsafeGuaranteedRef { $0.lent.add(frames) }
+        }
     }
 
     /// Names the list in `frameOwner` for each of its frames, so that
@@ -169,9 +190,9 @@ final class SendContext: @unchecked Sendable {
     /// the list is returned (a send list is stamped when allocated; a
     /// received list when it is first sent).
     private func stampOwners(_ list: UInt32) {
-        let shift = UInt64(pool.frameShift)
-        let frameCount = UInt64(pool.frameCount)
-        pool.forEachSlot(of: list) { _, packets in
+        let shift = UInt64(table.frameShift)
+        let frameCount = UInt64(table.frameCount)
+        table.forEachSlot(of: list) { _, packets in
             for packet in packets {
                 let frame = packet.address &>> shift
                 invariant(frame < frameCount, "a packet's address \(packet.address) is outside the UMEM")
@@ -179,10 +200,10 @@ final class SendContext: @unchecked Sendable {
                 // options are 0 without multi-buffer (XDP_USE_SG, never set
                 // here), and a TX descriptor with other bits would be refused.
                 invariant(packet.options == 0, "a received descriptor carries options \(packet.options): multi-buffer is never enabled")
-                pool.frameOwner[Int(truncatingIfNeeded: frame)] = list
+                table.frameOwner[Int(truncatingIfNeeded: frame)] = list
             }
         }
-        pool.lists[Int(list)].ownersStamped = true
+        table.lists[Int(list)].ownersStamped = true
     }
 
     /// Pause or close: nothing more goes into the TX ring. Every queued list
@@ -192,7 +213,7 @@ final class SendContext: @unchecked Sendable {
         for priority in (0..<8).reversed() {
             var slot = queueHeads[priority]
             while slot != noSlot {
-                let record = pool.lists + Int(slot)
+                let record = table.lists + Int(slot)
                 let next = record.pointee.next
                 // A queued list is placed in order, from placedPackets on
                 // (a fully placed one has already left the queue).
@@ -211,7 +232,7 @@ final class SendContext: @unchecked Sendable {
     }
 
     private func appendInFlight(_ slot: UInt32) {
-        pool.lists[Int(slot)].inFlight = true
+        table.lists[Int(slot)].inFlight = true
         inFlightNext[Int(slot)] = noSlot
         if inFlightTail == noSlot { inFlightHead = slot } else { inFlightNext[Int(inFlightTail)] = slot }
         inFlightTail = slot
@@ -233,7 +254,7 @@ final class SendContext: @unchecked Sendable {
         // Locals, so the per-packet loop does not reload them after every store
         // (the compiler cannot tell that the stores leave them alone).
         let ring = tx
-        let lists = pool.lists
+        let lists = table.lists
         // Highest priority first.
         while budget > 0, queuedPriorities != 0 {
             let priority = 7 &- queuedPriorities.leadingZeroBitCount
@@ -248,7 +269,7 @@ final class SendContext: @unchecked Sendable {
                 // Packets are already in the TX ring's format: copied a slot's run at a time.
                 while chunk != noSlot, placed < budget {
                     let chunkCount = lists[Int(chunk)].chunkCount
-                    let source = pool.chunk(chunk) + Int(at)
+                    let source = table.chunk(chunk) + Int(at)
                     let (destination, run) = ring.contiguousRun(
                         from: index &+ placed, upTo: min(chunkCount &- at, budget &- placed))
                     destination.update(from: source, count: Int(run))
@@ -322,9 +343,9 @@ final class SendContext: @unchecked Sendable {
     private func reapCompletions() -> Bool {
         let (start, count) = completion.peek(upTo: completion.size)
         guard count > 0 else { return false }
-        let shift = UInt64(pool.frameShift)
-        let frameCount = UInt64(pool.frameCount)
-        let owners = pool.frameOwner
+        let shift = UInt64(table.frameShift)
+        let frameCount = UInt64(table.frameCount)
+        let owners = table.frameOwner
         var runOwner = noSlot
         var runLength: UInt32 = 0
         var invalid: UInt32 = 0
@@ -379,10 +400,10 @@ final class SendContext: @unchecked Sendable {
     @inline(__always)
     private func settle(_ owner: UInt32, _ length: UInt32) -> UInt32 {
         guard length > 0 else { return 0 }
-        guard Int(owner) < pool.listCount, pool.lists[Int(owner)].inFlight else { return length }
-        let outstanding = pool.lists[Int(owner)].outstanding
+        guard Int(owner) < table.listCount, table.lists[Int(owner)].inFlight else { return length }
+        let outstanding = table.lists[Int(owner)].outstanding
         let valid = min(outstanding, length)
-        pool.lists[Int(owner)].outstanding = outstanding &- valid
+        table.lists[Int(owner)].outstanding = outstanding &- valid
         return length &- valid
     }
 
@@ -394,11 +415,12 @@ final class SendContext: @unchecked Sendable {
         let before = completedCount
         while inFlightHead != noSlot {
             let slot = inFlightHead
-            let record = pool.lists + Int(slot)
+            let record = table.lists + Int(slot)
             guard record.pointee.outstanding == 0, record.pointee.placeChunk == noSlot else { break }
             inFlightHead = inFlightNext[Int(slot)]
             if inFlightHead == noSlot { inFlightTail = noSlot }
             record.pointee.inFlight = false
+            noteLent(slot, -Int(record.pointee.count))
             if record.pointee.status != .pending {
                 counters.noteDropped()
             } else {
@@ -408,7 +430,7 @@ final class SendContext: @unchecked Sendable {
             }
             // Still the engine's until delivered: the caller learns of it
             // only then, and must not find it sendable before.
-            completedBatch[completedCount] = UInt64(pool.generation(of: slot)) << 32 | UInt64(slot)
+            completedBatch[completedCount] = UInt64(table.generation(of: slot)) << 32 | UInt64(slot)
             completedCount += 1
         }
         if packets > 0 { counters.add(packets: packets, bytes: bytes) }
@@ -427,7 +449,7 @@ final class SendContext: @unchecked Sendable {
         // The lists become the caller's as they are handed over.
         for index in 0..<count {
             let word = completedBatch[index]
-            pool.setState(UInt32(truncatingIfNeeded: word), .caller, generation: UInt32(truncatingIfNeeded: word >> 32))
+            table.setState(UInt32(truncatingIfNeeded: word), .caller, generation: UInt32(truncatingIfNeeded: word >> 32))
         }
         let epoch = deliveryEpoch.load(ordering: .relaxed)
         let batch = SendCompletions(port: port, context: self, count: count, epoch: epoch)
@@ -455,7 +477,7 @@ final class SendContext: @unchecked Sendable {
     func settleBeforeTeardown() {
         defer { collectCompleted() }
         reapCompletions()
-        let shift = UInt64(pool.frameShift)
+        let shift = UInt64(table.frameShift)
         var index = tx.consumerIndex
         let end = tx.producerIndex
         // The kernel's index past ours, or a ring's worth behind: not a state
@@ -464,13 +486,13 @@ final class SendContext: @unchecked Sendable {
         while index != end {
             let frame = tx[index].address &>> shift
             index &+= 1
-            guard frame < UInt64(pool.frameCount) else { continue }
-            let owner = pool.frameOwner[Int(truncatingIfNeeded: frame)]
-            guard Int(owner) < pool.listCount, pool.lists[Int(owner)].outstanding > 0 else { continue }
-            pool.lists[Int(owner)].outstanding -= 1
-            pool.lists[Int(owner)].placedPackets -= 1
+            guard frame < UInt64(table.frameCount) else { continue }
+            let owner = table.frameOwner[Int(truncatingIfNeeded: frame)]
+            guard Int(owner) < table.listCount, table.lists[Int(owner)].outstanding > 0 else { continue }
+            table.lists[Int(owner)].outstanding -= 1
+            table.lists[Int(owner)].placedPackets -= 1
             // Not all of it went out: it cannot complete as a success.
-            if pool.lists[Int(owner)].status == .pending { pool.lists[Int(owner)].status = .closing }
+            if table.lists[Int(owner)].status == .pending { table.lists[Int(owner)].status = .closing }
             framesInFlight &-= 1
         }
     }
@@ -484,8 +506,8 @@ final class SendContext: @unchecked Sendable {
         stopPlacing(status: .closing)
         var slot = inFlightHead
         while slot != noSlot {
-            pool.lists[Int(slot)].outstanding = 0
-            if pool.lists[Int(slot)].status == .pending { pool.lists[Int(slot)].status = .closing }
+            table.lists[Int(slot)].outstanding = 0
+            if table.lists[Int(slot)].status == .pending { table.lists[Int(slot)].status = .closing }
             slot = inFlightNext[Int(slot)]
         }
         framesInFlight = 0

@@ -13,7 +13,7 @@ final class SendRegion: @unchecked Sendable {
     /// its next pass, in the order lists arrived.
     @inline(__always)
     func accept(_ slot: UInt32) {
-        door.mailbox.push(slot, links: context.pool.lists)
+        door.mailbox.push(slot, links: context.table.lists)
     }
 
     /// A pass that calls no handler: takes the mailbox, reaps, places,

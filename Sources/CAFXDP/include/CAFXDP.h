@@ -69,6 +69,16 @@ int cafxdp_socket_create(struct xsk_socket **socket, const char *ifname,
                          uint16_t bind_flags, cafxdp_rings *rings);
 
 
+// Creates another socket on an already registered UMEM (XDP_SHARED_UMEM): on
+// a different interface or queue it gets fill and completion rings of its own,
+// made on its own file descriptor and written into `rings`. Why a wrapper:
+// as above, every ring struct handed to libxdp must start zeroed. Returns 0
+// or -errno.
+int cafxdp_socket_create_shared(struct xsk_socket **socket, const char *ifname,
+                                uint32_t queue, struct xsk_umem *umem,
+                                uint32_t rx_size, uint32_t tx_size,
+                                cafxdp_rings *rings);
+
 // The kernel's socket statistics (getsockopt XDP_STATISTICS).
 // Why a wrapper: the option length must match the struct the kernel expects.
 int cafxdp_statistics(int fd, struct xdp_statistics *out);
