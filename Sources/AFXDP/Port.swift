@@ -67,6 +67,8 @@ public final class Port: @unchecked Sendable {
     let table: ListTable
     /// The longest list `allocateList` can give: the send pool's size.
     public var sendFrameCount: Int { sendPool.frameCount }
+    /// The UMEM frames of the port's two pools.
+    var poolRanges: (receive: Range<Int>, send: Range<Int>) { (receiveContext.range.frames, sendPool.range.frames) }
 
     // MARK: Send region (one owner at a time; others use its mailbox)
     private let sendRegion: SendRegion

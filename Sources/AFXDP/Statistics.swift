@@ -35,6 +35,9 @@ public struct Statistics: Sendable {
         /// outside the UMEM, or a frame it had not sent) and ignored. A
         /// correct kernel never produces one.
         public var invalidCompletions: Int
+        /// Of `packets`: those whose frames belong to another port of the
+        /// UMEM (received there and passed on here without a copy).
+        public var forwardedPackets: Int
     }
     public struct Receive: Sendable, Equatable {
         public var packets: Int

@@ -116,47 +116,21 @@ public final class VethTestbed: Sendable {
         }
 
         let pid = getpid()
-        let (namespaceA, namespaceB, number) = try makeNamespacePair(prefix: prefix, pid: pid)
+        let (names, number) = try makeNamespaces(prefix: prefix, pid: pid, ends: ["a", "b"])
+        let namespaceA = names[0], namespaceB = names[1]
         do {
-            // 3 + 5 (pid_max is at most 2^22) + 1 + at most 6 = 15 characters.
-            let suffix = base36(Int(pid)) + "-" + base36(number % 2_176_782_336)
+            let suffix = interfaceSuffix(pid: pid, number: number)
             let interfaceA = "axa" + suffix
             let interfaceB = "axb" + suffix
-            assert(interfaceA.utf8.count <= 15, "interface name too long: \(interfaceA)")
-
-            // veth offers as many queues as the machine has CPUs unless told
-            // otherwise; ask for exactly `queues` so that any count works.
-            let queueOptions = queues > 1
-                ? ["numtxqueues", String(queues), "numrxqueues", String(queues)]
-                : []
-            try runCommand(
-                ["ip", "-n", namespaceA, "link", "add", "name", interfaceA] + queueOptions
-                    + ["type", "veth", "peer", "name", interfaceB, "netns", namespaceB] + queueOptions
-            )
-
-            for (namespace, interface) in [(namespaceA, interfaceA), (namespaceB, interfaceB)] {
-                try disableIPv6(namespace: namespace, interface: interface)
-                if queues > 1 {
-                    // `combined` is refused on veth: set rx and tx separately.
-                    try runCommand([
-                        "ip", "netns", "exec", namespace,
-                        "ethtool", "-L", interface, "rx", String(queues), "tx", String(queues),
-                    ])
-                }
-                try runCommand(["ip", "-n", namespace, "link", "set", "dev", "lo", "up"])
-                try runCommand(["ip", "-n", namespace, "link", "set", "dev", interface, "up"])
-            }
-
-            let endA = try waitUntilUp(namespace: namespaceA, interface: interfaceA)
-            let endB = try waitUntilUp(namespace: namespaceB, interface: interfaceB)
+            let (endA, endB) = try makeVethPair(
+                (namespaceA, interfaceA), (namespaceB, interfaceB), queues: queues)
             return VethTestbed(
                 namespaceA: namespaceA, namespaceB: namespaceB,
                 interfaceA: interfaceA, interfaceB: interfaceB,
                 endA: endA, endB: endB, queues: queues
             )
         } catch {
-            deleteNamespace(namespaceA)
-            deleteNamespace(namespaceB)
+            for name in names { deleteNamespace(name) }
             throw error
         }
     }
@@ -242,36 +216,76 @@ extension VethTestbed {
         }
     }
 
-    /// Adds `<prefix>-<pid>-<n>-a` and `-b` for the next free n.
-    private static func makeNamespacePair(prefix: String, pid: pid_t) throws -> (String, String, Int) {
+    /// Adds `<prefix>-<pid>-<n>-<end>` for each of `ends`, for the next free n.
+    static func makeNamespaces(prefix: String, pid: pid_t, ends: [String]) throws -> ([String], Int) {
         var attempts = 0
         while true {
             let number = testbedCounter.wrappingAdd(1, ordering: .relaxed).oldValue
-            let base = "\(prefix)-\(pid)-\(number)"
-            let namespaceA = base + "-a"
-            let namespaceB = base + "-b"
+            let names = ends.map { "\(prefix)-\(pid)-\(number)-\($0)" }
             attempts += 1
             // A namespace of this name can exist only if another pid namespace
             // shares /var/run/netns, or a crashed process had our pid: take the
             // next number.
-            if attempts < 32 && (NetworkNamespace.exists(namespaceA) || NetworkNamespace.exists(namespaceB)) {
+            if attempts < 32 && names.contains(where: NetworkNamespace.exists) {
                 continue
             }
-            try runCommand(["ip", "netns", "add", namespaceA])
+            var made: [String] = []
             do {
-                try runCommand(["ip", "netns", "add", namespaceB])
+                for name in names {
+                    try runCommand(["ip", "netns", "add", name])
+                    made.append(name)
+                }
             } catch {
-                deleteNamespace(namespaceA)
+                for name in made { deleteNamespace(name) }
                 throw error
             }
-            return (namespaceA, namespaceB, number)
+            return (names, number)
         }
+    }
+
+    /// The part of interface names that makes them unique: the process id and
+    /// the testbed's number, in base 36. With a 3-letter lead: 3 + 5 (pid_max
+    /// is at most 2^22) + 1 + at most 6 = 15 characters, the kernel's limit.
+    static func interfaceSuffix(pid: pid_t, number: Int) -> String {
+        base36(Int(pid)) + "-" + base36(number % 2_176_782_336)
+    }
+
+    /// Makes a veth pair between two namespaces, each end with `queues` RX
+    /// and TX queues, IPv6 off, up and with carrier; returns what `ip` says
+    /// of each end.
+    static func makeVethPair(
+        _ first: (namespace: String, interface: String), _ second: (namespace: String, interface: String), queues: Int
+    ) throws -> (LinkInfo, LinkInfo) {
+        assert(first.interface.utf8.count <= 15 && second.interface.utf8.count <= 15, "interface name too long")
+        // veth offers as many queues as the machine has CPUs unless told
+        // otherwise; ask for exactly `queues` so that any count works.
+        let queueOptions = queues > 1 ? ["numtxqueues", String(queues), "numrxqueues", String(queues)] : []
+        try runCommand(
+            ["ip", "-n", first.namespace, "link", "add", "name", first.interface] + queueOptions
+                + ["type", "veth", "peer", "name", second.interface, "netns", second.namespace] + queueOptions
+        )
+        for (namespace, interface) in [first, second] {
+            try disableIPv6(namespace: namespace, interface: interface)
+            if queues > 1 {
+                // `combined` is refused on veth: set rx and tx separately.
+                try runCommand([
+                    "ip", "netns", "exec", namespace,
+                    "ethtool", "-L", interface, "rx", String(queues), "tx", String(queues),
+                ])
+            }
+            try runCommand(["ip", "-n", namespace, "link", "set", "dev", "lo", "up"])
+            try runCommand(["ip", "-n", namespace, "link", "set", "dev", interface, "up"])
+        }
+        return (
+            try waitUntilUp(namespace: first.namespace, interface: first.interface),
+            try waitUntilUp(namespace: second.namespace, interface: second.interface)
+        )
     }
 
     /// Turns IPv6 off on `interface` and on interfaces made later in the
     /// namespace, by writing /proc/sys from a thread inside the namespace
     /// (/proc/sys/net shows the writing thread's namespace).
-    private static func disableIPv6(namespace: String, interface: String) throws {
+    static func disableIPv6(namespace: String, interface: String) throws {
         try NetworkNamespace.withEntered(namespace) {
             // Without IPv6 in the kernel there is nothing to silence.
             guard access("/proc/sys/net/ipv6/conf", F_OK) == 0 else { return }
@@ -301,7 +315,7 @@ extension VethTestbed {
 
     /// Waits (at most 5 s) until the link has carrier and operational state
     /// UP: before that the kernel drops what is sent on it.
-    private static func waitUntilUp(namespace: String, interface: String) throws -> LinkInfo {
+    static func waitUntilUp(namespace: String, interface: String) throws -> LinkInfo {
         let deadline = monotonicNanoseconds() + 5_000_000_000
         while true {
             let line = try runCommand(["ip", "-n", namespace, "-o", "link", "show", "dev", interface])
@@ -327,7 +341,7 @@ extension VethTestbed {
     }
 
     @discardableResult
-    fileprivate static func deleteNamespace(_ name: String) -> Bool {
+    static func deleteNamespace(_ name: String) -> Bool {
         guard NetworkNamespace.exists(name) else { return true }
         do {
             try runCommand(["ip", "netns", "delete", name])
@@ -341,7 +355,7 @@ extension VethTestbed {
 }
 
 /// What `ip -o link show dev IF` says about one interface.
-private struct LinkInfo {
+struct LinkInfo {
     var index: Int32
     var address: MACAddress
     var isUp: Bool

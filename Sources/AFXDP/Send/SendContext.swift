@@ -175,14 +175,17 @@ final class SendContext: @unchecked Sendable {
 
     /// Counts a list of another port's pool (on the same UMEM) as lent to
     /// this region (`frames` > 0) or back from it (< 0), in its home's figures.
+    /// Returns whether the list is another port's.
     @inline(__always)
-    private func noteLent(_ slot: UInt32, _ frames: Int) {
+    @discardableResult
+    private func noteLent(_ slot: UInt32, _ frames: Int) -> Bool {
         let pool = table.poolID(of: slot)
-        guard pool != ownPools.receive, pool != ownPools.send else { return }
+        guard pool != ownPools.receive, pool != ownPools.send else { return false }
         switch table.home(of: slot) {
         case .receive(let context): context._withUnsafeGuaranteedRef { $0.lent.add(frames) }
         case .send(let sendPool): sendPool._withUnsafeGuaranteedRef { $0.lent.add(frames) }
         }
+        return true
     }
 
     /// Names the list in `frameOwner` for each of its frames, so that
@@ -420,13 +423,14 @@ final class SendContext: @unchecked Sendable {
             inFlightHead = inFlightNext[Int(slot)]
             if inFlightHead == noSlot { inFlightTail = noSlot }
             record.pointee.inFlight = false
-            noteLent(slot, -Int(record.pointee.count))
+            let borrowed = noteLent(slot, -Int(record.pointee.count))
             if record.pointee.status != .pending {
                 counters.noteDropped()
             } else {
                 record.pointee.status = .success
                 packets += Int(record.pointee.count)
                 bytes += Int(record.pointee.placedBytes)
+                if borrowed { counters.add(forwarded: Int(record.pointee.count)) }
             }
             // Still the engine's until delivered: the caller learns of it
             // only then, and must not find it sendable before.

@@ -1,7 +1,7 @@
 /// The send region's counters.
 final class SendCounters: CounterBlock, @unchecked Sendable {
     private enum Index: Int, CaseIterable {
-        case packets, bytes, completedLists, queuedFrames, ringFull, kicks, kickErrors, dropped, invalidCompletions
+        case packets, bytes, completedLists, queuedFrames, ringFull, kicks, kickErrors, dropped, invalidCompletions, forwarded
     }
     init() { super.init(count: Index.allCases.count) }
     @inline(__always) func add(packets: Int, bytes: Int) { add(Index.packets.rawValue, packets); add(Index.bytes.rawValue, bytes) }
@@ -11,6 +11,7 @@ final class SendCounters: CounterBlock, @unchecked Sendable {
     @inline(__always) func noteKicks(_ count: Int) { add(Index.kicks.rawValue, count) }
     @inline(__always) func noteKickError() { add(Index.kickErrors.rawValue, 1) }
     @inline(__always) func noteDropped() { add(Index.dropped.rawValue, 1) }
+    @inline(__always) func add(forwarded: Int) { add(Index.forwarded.rawValue, forwarded) }
     @inline(__always) func add(invalidCompletions: Int) { add(Index.invalidCompletions.rawValue, invalidCompletions) }
     /// Lists completed (delivered) so far: with the lists `send` accepted, says whether any is outstanding.
     var completedLists: Int { read(Index.completedLists.rawValue) }
@@ -20,6 +21,6 @@ final class SendCounters: CounterBlock, @unchecked Sendable {
             completedLists: read(Index.completedLists.rawValue), queuedFrames: read(Index.queuedFrames.rawValue),
             ringFullEvents: read(Index.ringFull.rawValue), kicks: read(Index.kicks.rawValue),
             kickErrors: read(Index.kickErrors.rawValue), dropped: read(Index.dropped.rawValue),
-            invalidCompletions: read(Index.invalidCompletions.rawValue))
+            invalidCompletions: read(Index.invalidCompletions.rawValue), forwardedPackets: read(Index.forwarded.rawValue))
     }
 }

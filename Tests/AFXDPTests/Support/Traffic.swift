@@ -214,7 +214,7 @@ func hasXDPProgram(_ interface: String, namespace: String) throws -> Bool {
 
 /// Opens a port on one end of the testbed with the test filter.
 func openPort(
-    _ bed: VethTestbed, end: Character, configure: (inout PortConfiguration) -> Void = { _ in },
+    _ bed: VethTestbed, end: Character, umem: UMEM? = nil, configure: (inout PortConfiguration) -> Void = { _ in },
     onReceive: @escaping @Sendable (ReceiveIndication) -> Void = { try? $0.port.returnList($0.list) },
     onSendComplete: @escaping @Sendable (SendCompletions) -> Void = { batch in for list in batch { try? batch.port.returnList(list) } }
 ) throws -> Port {
@@ -223,7 +223,7 @@ func openPort(
         networkNamespace: end == "a" ? bed.namespaceA : bed.namespaceB)
     configuration.etherTypeFilter = TestFrame.etherType
     configure(&configuration)
-    return try Port.open(configuration, onReceive: onReceive, onSendComplete: onSendComplete)
+    return try Port.open(configuration, umem: umem, onReceive: onReceive, onSendComplete: onSendComplete)
 }
 
 /// Takes one end's link down (the kernel then takes nothing from that end's
