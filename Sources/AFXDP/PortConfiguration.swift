@@ -71,7 +71,9 @@ public struct PortConfiguration: Sendable {
 
     var resolvedReceiveFrameCount: Int { receiveFrameCount ?? Int(fillRingSize) * 2 }
     var resolvedSendFrameCount: Int { sendFrameCount ?? Int(transmitRingSize) * 2 }
-    var umemFrameCount: Int { resolvedReceiveFrameCount + resolvedSendFrameCount }
+    /// The UMEM frames a port so configured takes: `receiveFrameCount` plus
+    /// `sendFrameCount` (their defaults resolved). Size a shared UMEM with it.
+    public var umemFrameCount: Int { resolvedReceiveFrameCount + resolvedSendFrameCount }
 
     /// Checks every value, with a message that says what to change.
     func validate() throws(AFXDPError) {

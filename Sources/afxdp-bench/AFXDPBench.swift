@@ -21,7 +21,7 @@ struct AFXDPBench: ParsableCommand {
             end's thread serves both of its ports. Loss is what was sent (completed) \
             and never arrived; bound it with --window for a lossless run.
             """,
-        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Sweep.self, Compare.self, CountInstructions.self],
+        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Forward.self, Sweep.self, Compare.self, CountInstructions.self],
         defaultSubcommand: Duplex.self)
 
     struct Duplex: ParsableCommand {
@@ -54,6 +54,20 @@ struct AFXDPBench: ParsableCommand {
         @OptionGroup var options: BenchOptions
         func run() throws { try Benchmark.run(mode: .l2fwd, options: options) }
     }
+
+    struct Forward: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A sends to B and B to A through F, which forwards between its two interfaces over one UMEM, without a copy.",
+            discussion: """
+                Builds three namespaces in a row, A - F - B, joined by two veth pairs. F opens \
+                a port on each of its two interfaces, both on one UMEM: a list received on one \
+                is sent on the other from the frames it arrived in, and goes home to the first \
+                port's fill ring once sent. F runs on its own thread (pin it with --cpu-f). \
+                `copies` in the report counts frames F sent from its own send pool: 0.
+                """)
+        @OptionGroup var options: BenchOptions
+        func run() throws { try Benchmark.run(mode: .forward, options: options) }
+    }
 }
 
 enum Mode: String, Sendable {
@@ -61,6 +75,7 @@ enum Mode: String, Sendable {
     case txOnly = "tx-only"
     case rxDrop = "rx-drop"
     case l2fwd
+    case forward
 }
 
 struct BenchOptions: ParsableArguments {
@@ -110,6 +125,9 @@ struct BenchOptions: ParsableArguments {
     @Option(name: .customLong("cpu-b"), help: "Pin end B's thread to this CPU.")
     var cpuB: Int?
 
+    @Option(name: .customLong("cpu-f"), help: "forward: pin F's thread to this CPU.")
+    var cpuF: Int?
+
     @Flag(help: "Print every figure as one JSON object on the last line of output.")
     var json = false
 
@@ -130,6 +148,15 @@ struct BenchOptions: ParsableArguments {
 
     @Option(name: .customLong("peer-namespace"), help: "Network namespace of --peer.")
     var peerNamespace: String?
+
+    @Option(name: .customLong("relay-a"), help: "forward, with --interface/--peer: F's existing interface facing A.")
+    var relayA: String?
+
+    @Option(name: .customLong("relay-b"), help: "forward, with --interface/--peer: F's existing interface facing B.")
+    var relayB: String?
+
+    @Option(name: .customLong("relay-namespace"), help: "Network namespace of --relay-a and --relay-b.")
+    var relayNamespace: String?
 
     @Option(help: ArgumentHelp(
         "After the run, draw packets/s over time (sweep: by frame size) into this .svg file; "
@@ -174,7 +201,7 @@ struct BenchOptions: ParsableArguments {
         guard window == 0 || window >= batch else {
             throw ValidationError("--window \(window) is smaller than --batch \(batch); a whole list must fit in the window")
         }
-        for (name, cpu) in [("--cpu-a", cpuA), ("--cpu-b", cpuB)] {
+        for (name, cpu) in [("--cpu-a", cpuA), ("--cpu-b", cpuB), ("--cpu-f", cpuF)] {
             if let cpu, cpu < 0 || cpu >= 1024 {
                 throw ValidationError("\(name) must be a CPU number 0...1023, not \(cpu)")
             }
@@ -188,8 +215,11 @@ struct BenchOptions: ParsableArguments {
         if interface == nil, namespace != nil || peerNamespace != nil {
             throw ValidationError("--namespace and --peer-namespace apply only with --interface and --peer")
         }
+        guard (relayA == nil) == (relayB == nil), relayA == nil || interface != nil else {
+            throw ValidationError("--relay-a and --relay-b go together, and with --interface and --peer (F's two interfaces between them)")
+        }
         if let plot, let problem = Plot.problem(with: plot) { throw ValidationError(problem) }
-        for name in [interface, peer].compactMap({ $0 }) where name.isEmpty || name.utf8.count > 15 {
+        for name in [interface, peer, relayA, relayB].compactMap({ $0 }) where name.isEmpty || name.utf8.count > 15 {
             throw ValidationError("interface name '\(name)' must be 1 to 15 characters")
         }
     }

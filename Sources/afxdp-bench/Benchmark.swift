@@ -9,13 +9,15 @@ import ArgumentParser
 import Glibc
 import Histogram
 
-/// One end of the link.
+/// One end of the link (or, in forward mode, F: two interfaces).
 struct Endpoint {
     let name: String
     let interface: String
     let namespace: String?
     let macAddress: MACAddress
     let cpu: Int?
+    /// forward: F's interface facing B (`interface` faces A).
+    var secondInterface: String? = nil
 }
 
 /// One direction of traffic. Flows: one per queue, each with its own
@@ -26,6 +28,8 @@ struct DirectionPlan {
     let receiverEnd: Int
     /// l2fwd: the end that sends the frames back.
     let forwarderEnd: Int?
+    /// forward: the end (F) that passes the frames on between its two ports.
+    var relayEnd: Int? = nil
     var flows: [FlowPlan] = []
 }
 
@@ -36,6 +40,7 @@ struct FlowPlan {
     let sender: Owned<SenderState>
     let receiver: Owned<ReceiverState>
     let forwarder: Owned<ForwarderState>?
+    let relay: Owned<RelayState>?
 }
 
 enum Benchmark {
@@ -47,8 +52,8 @@ enum Benchmark {
         let watchdog = try Watchdog.start(seconds: options.watchdogSeconds)
         defer { watchdog.finish() }
 
-        let (testbed, endpoints) = try prepareEndpoints(options: options, watchdog: watchdog)
-        defer { testbed?.destroy() }
+        let (testbed, endpoints) = try prepareEndpoints(mode: mode, options: options, watchdog: watchdog)
+        defer { testbed?() }
         if stopRequested { throw ExitCode(exitStatus(for: stopRequest.load(ordering: .relaxed))) }
 
         let session = Session(mode: mode, options: options, endpoints: endpoints)
@@ -56,7 +61,7 @@ enum Benchmark {
         try session.open()
         let report = try session.run()
         session.close()
-        testbed?.destroy()
+        testbed?()
 
         Report.printSummary(report, options: options)
         let plotted = options.plot.map { Plot.write(Plot.timelineChart(session.timeline, report: report), to: $0) } ?? true
@@ -67,12 +72,39 @@ enum Benchmark {
         if !plotted { throw ExitCode.failure }
     }
 
-    /// The two ends to run on: the existing interfaces named in the options,
-    /// or a veth testbed made here (after removing any a dead run left),
-    /// which the caller destroys and the watchdog removes if it has to.
-    static func prepareEndpoints(options: BenchOptions, watchdog: Watchdog) throws -> (VethTestbed?, [Endpoint]) {
+    /// The ends to run on: the existing interfaces named in the options, or a
+    /// testbed made here (after removing any a dead run left): a veth pair,
+    /// or in forward mode A - F - B. Returns what removes the testbed, which
+    /// the caller calls and the watchdog calls if it has to.
+    static func prepareEndpoints(
+        mode: Mode, options: BenchOptions, watchdog: Watchdog
+    ) throws -> ((@Sendable () -> Void)?, [Endpoint]) {
         for name in VethTestbed.removeStale(prefix: testbedPrefix) {
             printError("afxdp-bench: removed namespace \(name), left by a run that died")
+        }
+        if mode == .forward, let interface = options.interface, let peer = options.peer {
+            guard let relayA = options.relayA, let relayB = options.relayB else {
+                throw BenchError("forward on existing interfaces needs F's two as well: --relay-a, --relay-b (and --relay-namespace)")
+            }
+            var relay = try existingEndpoint("F", relayA, options.relayNamespace, options.cpuF)
+            relay.secondInterface = relayB
+            return (nil, [
+                try existingEndpoint("A", interface, options.namespace, options.cpuA),
+                try existingEndpoint("B", peer, options.peerNamespace, options.cpuB),
+                relay,
+            ])
+        }
+        if mode == .forward {
+            let bed = try ForwardingTestbed.create(prefix: testbedPrefix, queues: options.queues)
+            let destroy: @Sendable () -> Void = { bed.destroy() }
+            watchdog.guardTestbed(destroy)
+            return (destroy, [
+                Endpoint(name: "A", interface: bed.interfaceA, namespace: bed.namespaceA, macAddress: bed.macAddressA, cpu: options.cpuA),
+                Endpoint(name: "B", interface: bed.interfaceB, namespace: bed.namespaceB, macAddress: bed.macAddressB, cpu: options.cpuB),
+                Endpoint(
+                    name: "F", interface: bed.interfaceFA, namespace: bed.namespaceF, macAddress: bed.macAddressFA, cpu: options.cpuF,
+                    secondInterface: bed.interfaceFB),
+            ])
         }
         if let interface = options.interface, let peer = options.peer {
             return (nil, [
@@ -81,8 +113,9 @@ enum Benchmark {
             ])
         }
         let bed = try VethTestbed.create(prefix: testbedPrefix, queues: options.queues)
-        watchdog.guardTestbed(bed)
-        return (bed, [
+        let destroy: @Sendable () -> Void = { bed.destroy() }
+        watchdog.guardTestbed(destroy)
+        return (destroy, [
             Endpoint(name: "A", interface: bed.interfaceA, namespace: bed.namespaceA, macAddress: bed.macAddressA, cpu: options.cpuA),
             Endpoint(name: "B", interface: bed.interfaceB, namespace: bed.namespaceB, macAddress: bed.macAddressB, cpu: options.cpuB),
         ])
@@ -120,8 +153,8 @@ final class Session {
     let options: BenchOptions
     let endpoints: [Endpoint]
     private(set) var directions: [DirectionPlan] = []
-    /// ports[end][queue]
-    private(set) var ports: [[Port]] = [[], []]
+    /// ports[end][queue]; in forward mode F's are [facing A, facing B].
+    private(set) var ports: [[Port]]
     private let control = RunControl()
     /// The per-second rates, for --plot.
     private(set) var timeline = Timeline()
@@ -131,6 +164,7 @@ final class Session {
         self.mode = mode
         self.options = options
         self.endpoints = endpoints
+        ports = endpoints.map { _ in [] }
         switch mode {
         case .duplex:
             directions = [
@@ -141,6 +175,11 @@ final class Session {
             directions = [DirectionPlan(name: "A->B", senderEnd: 0, receiverEnd: 1, forwarderEnd: nil)]
         case .l2fwd:
             directions = [DirectionPlan(name: "A->B->A", senderEnd: 0, receiverEnd: 0, forwarderEnd: 1)]
+        case .forward:
+            directions = [
+                DirectionPlan(name: "A->F->B", senderEnd: 0, receiverEnd: 1, forwarderEnd: nil, relayEnd: 2),
+                DirectionPlan(name: "B->F->A", senderEnd: 1, receiverEnd: 0, forwarderEnd: nil, relayEnd: 2),
+            ]
         }
         let listsPerFlow = max(1, 2 * Int(options.ringSize) / options.batch)
         for index in directions.indices {
@@ -152,7 +191,8 @@ final class Session {
                     sender: .make(SenderState(
                         counters: counters, capacity: listsPerFlow, frameLength: options.frameSize, window: options.window)),
                     receiver: .make(ReceiverState(counters: counters)),
-                    forwarder: directions[index].forwarderEnd == nil ? nil : .make(ForwarderState(counters: counters))))
+                    forwarder: directions[index].forwarderEnd == nil ? nil : .make(ForwarderState(counters: counters)),
+                    relay: directions[index].relayEnd == nil ? nil : .make(RelayState(counters: counters))))
             }
         }
     }
@@ -163,16 +203,18 @@ final class Session {
 
     func open() throws {
         for end in 0..<2 {
+            // With two queues, an end's ports share one UMEM.
+            let umem = options.queues > 1 ? try makeUMEM(ports: options.queues) : nil
             for queue in 0..<options.queues {
-                ports[end].append(try openPort(end: end, queue: queue))
+                ports[end].append(try openPort(end: end, queue: queue, umem: umem))
             }
         }
+        if mode == .forward { try openRelay(end: 2) }
     }
 
-    private func openPort(end: Int, queue: Int) throws -> Port {
-        let endpoint = endpoints[end]
-        var configuration = PortConfiguration(
-            interface: endpoint.interface, queue: UInt32(queue), networkNamespace: endpoint.namespace)
+    /// The configuration every port of the run starts from.
+    private func configuration(interface: String, queue: Int, namespace: String?) -> PortConfiguration {
+        var configuration = PortConfiguration(interface: interface, queue: UInt32(queue), networkNamespace: namespace)
         configuration.fillRingSize = options.ringSize
         configuration.completionRingSize = options.ringSize
         configuration.receiveRingSize = options.ringSize
@@ -183,6 +225,45 @@ final class Session {
         configuration.useNeedWakeup = !options.noNeedWakeup
         configuration.busyPoll = options.busyPoll ? PortConfiguration.BusyPoll() : nil
         configuration.etherTypeFilter = TestFrame.etherType
+        return configuration
+    }
+
+    /// A UMEM for `ports` ports configured as this run's are.
+    private func makeUMEM(ports: Int) throws -> UMEM {
+        let perPort = configuration(interface: "x", queue: 0, namespace: nil).umemFrameCount
+        do {
+            return try UMEM(frameCount: ports * perPort, frameSize: options.umemFrameSize)
+        } catch {
+            throw BenchError("cannot make a UMEM of \(ports * perPort) frames: \(error)")
+        }
+    }
+
+    /// forward: F's two ports, on one UMEM, each relaying what it receives to the other.
+    private func openRelay(end: Int) throws {
+        let endpoint = endpoints[end]
+        guard let second = endpoint.secondInterface else { return }
+        let umem = try makeUMEM(ports: 2)
+        // relays[i]: the direction whose frames port i receives (and the other sends).
+        let relays = [flow(0, queue: 0).relay!, flow(1, queue: 0).relay!]
+        for (index, interface) in [endpoint.interface, second].enumerated() {
+            let receiving = relays[index], sending = relays[1 - index]
+            do {
+                ports[end].append(try Port.open(
+                    configuration(interface: interface, queue: 0, namespace: endpoint.namespace), umem: umem,
+                    onReceive: { Relay.receive(receiving.pointer, $0) },
+                    onSendComplete: { Relay.completed(sending.pointer, $0) }))
+            } catch {
+                throw BenchError("cannot open F's port on \(interface) in namespace \(endpoint.namespace ?? "-"): \(error)")
+            }
+        }
+        // Port i's receives go out on the other port.
+        relays[0].pointer.pointee.out = Unmanaged.passUnretained(ports[end][1])
+        relays[1].pointer.pointee.out = Unmanaged.passUnretained(ports[end][0])
+    }
+
+    private func openPort(end: Int, queue: Int, umem: UMEM?) throws -> Port {
+        let endpoint = endpoints[end]
+        let configuration = configuration(interface: endpoint.interface, queue: queue, namespace: endpoint.namespace)
 
         let sending = directions.firstIndex { $0.senderEnd == end }
         let receiving = directions.firstIndex { $0.receiverEnd == end }
@@ -215,7 +296,7 @@ final class Session {
 
         let port: Port
         do {
-            port = try Port.open(configuration, onReceive: onReceive, onSendComplete: onSendComplete)
+            port = try Port.open(configuration, umem: umem, onReceive: onReceive, onSendComplete: onSendComplete)
         } catch {
             let place = endpoint.namespace.map { " in namespace \($0)" } ?? ""
             throw BenchError("cannot open end \(endpoint.name) (\(endpoint.interface) queue \(queue)\(place)): \(error)")
@@ -254,7 +335,7 @@ final class Session {
         }
         control.hardDeadline.store(
             monotonicNanoseconds() + UInt64(seconds * 1e9) + drainLimit + 5_000_000_000, ordering: .relaxed)
-        for end in 0..<2 {
+        for end in endpoints.indices {
             let ports = self.ports[end]
             let senders = directions.filter { $0.senderEnd == end }.flatMap { $0.flows.map(\.sender) }
             let receivers = mode == .rxDrop || mode == .txOnly && end == 1
@@ -331,8 +412,8 @@ final class Session {
                 sample.gaps += flow.counters.gaps.load(ordering: .relaxed)
                 sample.forwarded += flow.counters.forwardedPackets.load(ordering: .relaxed)
             }
-            let sendingEnds = [direction.senderEnd] + (direction.forwarderEnd.map { [$0] } ?? [])
-            let receivingEnds = [direction.receiverEnd] + (direction.forwarderEnd.map { [$0] } ?? [])
+            let sendingEnds = [direction.senderEnd] + [direction.forwarderEnd, direction.relayEnd].compactMap { $0 }
+            let receivingEnds = [direction.receiverEnd] + [direction.forwarderEnd, direction.relayEnd].compactMap { $0 }
             for end in sendingEnds {
                 for port in ports[end] { sample.queued += port.statistics.send.queuedFrames }
             }
@@ -375,6 +456,13 @@ final class Session {
                 if let error = receiver.pointee.firstError {
                     errors.append("\(direction.name) queue \(flow.queue): returnList refused \(receiver.pointee.returnErrors) time(s): \(error)")
                 }
+                if let relay = flow.relay?.pointer {
+                    result.forwardedPackets = (result.forwardedPackets ?? 0) + relay.pointee.forwardedPackets
+                    result.unforwardedPackets = (result.unforwardedPackets ?? 0) + relay.pointee.failedPackets
+                    if let error = relay.pointee.firstError {
+                        errors.append("\(direction.name): F's relay refused \(relay.pointee.sendErrors + relay.pointee.returnErrors) time(s): \(error)")
+                    }
+                }
                 if let forwarder = flow.forwarder?.pointer {
                     result.forwardedPackets = (result.forwardedPackets ?? 0) + forwarder.pointee.forwardedPackets
                     result.unforwardedPackets = (result.unforwardedPackets ?? 0) + forwarder.pointee.failedPackets
@@ -408,11 +496,13 @@ final class Session {
         }
 
         var portResults: [PortResult] = []
-        for end in 0..<2 {
-            for (queue, port) in ports[end].enumerated() {
+        for end in endpoints.indices {
+            for (index, port) in ports[end].enumerated() {
                 let statistics = port.statistics
+                // F's two ports: named for the side each faces.
+                let name = endpoints[end].secondInterface == nil ? endpoints[end].name : (index == 0 ? "FA" : "FB")
                 portResults.append(PortResult(
-                    end: endpoints[end].name, interface: endpoints[end].interface, queue: queue,
+                    end: name, interface: port.configuration.interface, queue: Int(port.configuration.queue),
                     zeroCopy: port.isZeroCopy, nativeXDP: port.isAttachedNatively,
                     sentPackets: statistics.send.packets, kicks: statistics.send.kicks,
                     kickErrors: statistics.send.kickErrors, ringFullEvents: statistics.send.ringFullEvents,
@@ -424,6 +514,7 @@ final class Session {
                     fillRingEmpty: statistics.kernel.fillRingEmpty,
                     invalidDescriptors: statistics.kernel.receiveInvalidDescriptors + statistics.kernel.transmitInvalidDescriptors,
                     programRedirected: statistics.programRedirected, programPassed: statistics.programPassed,
+                    forwardedPackets: statistics.send.forwardedPackets,
                     notes: port.notes))
             }
         }
@@ -435,7 +526,9 @@ final class Session {
             zeroCopy: ports.joined().allSatisfy(\.isZeroCopy), needWakeup: !options.noNeedWakeup,
             busyPoll: options.busyPoll, window: options.window, gbpsIncludesPreambleAndGap: options.wireOverhead,
             stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),
-            directions: results, ports: portResults, errors: errors)
+            directions: results, ports: portResults,
+            copies: mode == .forward ? ports[2].reduce(0) { $0 + $1.statistics.send.packets - $1.statistics.send.forwardedPackets } : nil,
+            errors: errors)
     }
 
     private func rounded(_ value: Double, _ decimals: Int) -> Double {
@@ -451,13 +544,14 @@ final class Session {
         closed = true
         control.phase.store(RunControl.stopped, ordering: .releasing)
         for port in ports.joined() { port.close() }
-        ports = [[], []]
+        ports = ports.map { _ in [] }
         for direction in directions {
             for flow in direction.flows {
                 flow.sender.pointer.pointee.releaseStorage()
                 flow.sender.free()
                 flow.receiver.free()
                 flow.forwarder?.free()
+                flow.relay?.free()
             }
         }
         directions = []

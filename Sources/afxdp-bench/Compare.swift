@@ -13,7 +13,7 @@ struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Runs the engine and the C reference (afxdp-ref) alternately and prints engine / reference ratios.")
 
-    @Option(help: "duplex, tx-only, rx-drop or l2fwd.") var mode = "duplex"
+    @Option(help: "duplex, tx-only, rx-drop, l2fwd or forward.") var mode = "duplex"
     @Option(help: "Rounds; each runs the engine once and the reference once.") var rounds = 3
     @Option(help: "Seconds per run.") var seconds = 5
     @Option(name: .customLong("frame-size"), help: "Frame length in bytes (64...1514).") var frameSize = 64
@@ -23,8 +23,8 @@ struct Compare: ParsableCommand {
     @Flag(help: "Print every figure as one JSON object on the last line.") var json = false
 
     func validate() throws {
-        guard ["duplex", "tx-only", "rx-drop", "l2fwd"].contains(mode) else {
-            throw ValidationError("--mode must be duplex, tx-only, rx-drop or l2fwd")
+        guard ["duplex", "tx-only", "rx-drop", "l2fwd", "forward"].contains(mode) else {
+            throw ValidationError("--mode must be duplex, tx-only, rx-drop, l2fwd or forward")
         }
         guard rounds >= 1, rounds <= 50 else { throw ValidationError("--rounds must be 1...50") }
         guard seconds >= 1, seconds <= 600 else { throw ValidationError("--seconds must be 1...600") }
@@ -47,14 +47,29 @@ struct Compare: ParsableCommand {
         try Data(XDPProgramObject.bytes()).write(to: object)
         defer { try? FileManager.default.removeItem(at: object) }
 
-        let bed = try VethTestbed.create(prefix: "afxbench")
-        defer { bed.destroy() }
+        // The ends (A and B), and in forward mode F's two interfaces between them.
+        let ends: (a: String, namespaceA: String, b: String, namespaceB: String)
+        var relay: (a: String, b: String, namespace: String)?
+        let destroy: () -> Void
+        if mode == "forward" {
+            let bed = try ForwardingTestbed.create(prefix: "afxbench")
+            destroy = bed.destroy
+            ends = (bed.interfaceA, bed.namespaceA, bed.interfaceB, bed.namespaceB)
+            relay = (bed.interfaceFA, bed.interfaceFB, bed.namespaceF)
+        } else {
+            let bed = try VethTestbed.create(prefix: "afxbench")
+            destroy = bed.destroy
+            ends = (bed.interfaceA, bed.namespaceA, bed.interfaceB, bed.namespaceB)
+        }
+        defer { destroy() }
         let common = ["--seconds", "\(seconds)", "--frame-size", "\(frameSize)", "--batch", "\(batch)", "--ring-size", "\(ringSize)", "--json"]
-        let engineArguments = [engine, mode, "--interface", bed.interfaceA, "--namespace", bed.namespaceA,
-                               "--peer", bed.interfaceB, "--peer-namespace", bed.namespaceB] + common
-        let referenceArguments = [referencePath, mode, "--interface-a", bed.interfaceA, "--namespace-a", bed.namespaceA,
-                                  "--interface-b", bed.interfaceB, "--namespace-b", bed.namespaceB,
-                                  "--xdp-object", object.path] + common
+        let engineArguments = [engine, mode, "--interface", ends.a, "--namespace", ends.namespaceA,
+                               "--peer", ends.b, "--peer-namespace", ends.namespaceB]
+            + (relay.map { ["--relay-a", $0.a, "--relay-b", $0.b, "--relay-namespace", $0.namespace] } ?? []) + common
+        let referenceArguments = [referencePath, mode, "--interface-a", ends.a, "--namespace-a", ends.namespaceA,
+                                  "--interface-b", ends.b, "--namespace-b", ends.namespaceB]
+            + (relay.map { ["--interface-fa", $0.a, "--interface-fb", $0.b, "--namespace-f", $0.namespace] } ?? [])
+            + ["--xdp-object", object.path] + common
 
         print("compare: \(mode), \(frameSize)-byte frames, \(seconds) s per run, \(rounds) rounds, engine and reference alternating")
         var samples: [String: [(engine: Double, reference: Double)]] = [:]

@@ -402,6 +402,66 @@ enum Forwarder {
     }
 }
 
+// MARK: - Relay (forward: F)
+
+/// One direction's relay through F: the lists one of F's ports receives are
+/// sent on its other port, from the frames they arrived in (both ports are on
+/// one UMEM), and once sent they go back to the receiving port's fill ring.
+struct RelayState {
+    let counters: FlowCounters
+    /// The port the relay sends on. Set right after both of F's ports open,
+    /// before any traffic; the session holds the ports for longer.
+    var out: Unmanaged<Port>?
+    var forwardedPackets = 0
+    var failedPackets = 0
+    var sendErrors = 0
+    var returnErrors = 0
+    var firstError: AFXDPError?
+
+    init(counters: FlowCounters) { self.counters = counters }
+}
+
+enum Relay {
+    /// The receiving port's handler: the list goes out on the other port as it is.
+    @inline(__always)
+    static func receive(_ state: UnsafeMutablePointer<RelayState>, _ indication: ReceiveIndication) {
+        guard let out = state.pointee.out else {
+            try? indication.port.returnList(indication.list)
+            return
+        }
+        do {
+            try out._withUnsafeGuaranteedRef { try $0.send(indication.list) }
+        } catch {
+            // Refused only once the other port closes (the run is ending).
+            state.pointee.sendErrors += 1
+            if state.pointee.firstError == nil, let error = error as? AFXDPError, error != .portClosed { state.pointee.firstError = error }
+            try? indication.port.returnList(indication.list)
+        }
+    }
+
+    /// The sending port's completion handler: the lists were received on the
+    /// other port; returning them sends their frames home to its fill ring.
+    @inline(__always)
+    static func completed(_ state: UnsafeMutablePointer<RelayState>, _ batch: SendCompletions) {
+        for list in batch {
+            let count = (try? list.count) ?? 0
+            if (try? list.status) == .success {
+                state.pointee.forwardedPackets += count
+            } else {
+                state.pointee.failedPackets += count
+            }
+            do {
+                try batch.port.returnList(list)
+            } catch {
+                state.pointee.returnErrors += 1
+                if state.pointee.firstError == nil { state.pointee.firstError = error }
+                requestStop(StopReason.failure)
+            }
+        }
+        state.pointee.counters.forwardedPackets.store(state.pointee.forwardedPackets, ordering: .relaxed)
+    }
+}
+
 // MARK: - The loop of one end
 
 /// Where the run is; the main thread moves it forward, the traffic threads

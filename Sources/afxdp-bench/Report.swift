@@ -72,6 +72,8 @@ struct PortResult: Codable {
     var invalidDescriptors: Int
     var programRedirected: Int
     var programPassed: Int
+    /// Of `sentPackets`: frames another port of the UMEM received (sent on without a copy).
+    var forwardedPackets: Int
     var notes: [String]
 }
 
@@ -94,6 +96,8 @@ struct RunReport: Codable {
     var stoppedEarlyBy: String?
     var directions: [DirectionResult]
     var ports: [PortResult]
+    /// forward: frames F sent that it did not receive (copied into its own send frames): 0.
+    var copies: Int?
     var errors: [String]
 }
 
@@ -140,7 +144,7 @@ enum Report {
                 + "\(pad(fmt(Double(packets) / seconds / 1e6, 3), 7)) Mpps  "
                 + "\(pad(fmt(Double(bytes) * 8 / seconds / 1e9, 3), 7)) Gbit/s  "
                 + "tx \(pad(fmt(Double(now.sent - before.sent) / seconds / 1e6, 3), 7)) Mpps  "
-            if direction.forwarderEnd != nil {
+            if direction.forwarderEnd != nil || direction.relayEnd != nil {
                 line += "fwd \(pad(fmt(Double(now.forwarded - before.forwarded) / seconds / 1e6, 3), 7)) Mpps  "
             }
             line += "drops \(drops)  queue \(now.queued)"
@@ -190,8 +194,13 @@ enum Report {
         }
         for direction in report.directions {
             var extras: [String] = []
-            if let forwarded = direction.forwardedPackets { extras.append("B sent back \(forwarded)") }
-            if let unforwarded = direction.unforwardedPackets, unforwarded > 0 { extras.append("B's sends not completed with success: \(unforwarded)") }
+            let forwarder = report.mode == "forward" ? "F" : "B"
+            if let forwarded = direction.forwardedPackets {
+                extras.append(report.mode == "forward" ? "F forwarded \(forwarded)" : "B sent back \(forwarded)")
+            }
+            if let unforwarded = direction.unforwardedPackets, unforwarded > 0 {
+                extras.append("\(forwarder)'s sends not completed with success: \(unforwarded)")
+            }
             if direction.unsentPackets > 0 { extras.append("sends not completed with success: \(direction.unsentPackets)") }
             if direction.checked, direction.gaps != direction.lost { extras.append("sequence gaps \(direction.gaps)") }
             if direction.foreign > 0 { extras.append("not test frames: \(direction.foreign)") }

@@ -112,8 +112,8 @@ enum SweepRun {
             seconds: given.timeout ?? Double(sizes.count) * (options.seconds + slackPerSize) + 30)
         defer { watchdog.finish() }
 
-        let (testbed, endpoints) = try Benchmark.prepareEndpoints(options: options, watchdog: watchdog)
-        defer { testbed?.destroy() }
+        let (testbed, endpoints) = try Benchmark.prepareEndpoints(mode: mode, options: options, watchdog: watchdog)
+        defer { testbed?() }
 
         var runs: [RunReport] = []
         for (index, size) in sizes.enumerated() {
@@ -134,7 +134,7 @@ enum SweepRun {
             }
             for error in report.errors { print("ERROR: \(size) bytes: \(error)") }
         }
-        testbed?.destroy()
+        testbed?()
 
         let reason = stopRequest.load(ordering: .relaxed)
         let sweep = SweepReport(

@@ -10,7 +10,7 @@ import Synchronization
 final class Watchdog: Sendable {
     private let deadline: UInt64
     private let finished = Atomic<Bool>(false)
-    private let testbed = Mutex<VethTestbed?>(nil)
+    private let testbed = Mutex<(@Sendable () -> Void)?>(nil)
     private let thread = Mutex<pthread_t?>(nil)
 
     /// Seconds the normal teardown may take after a stop request.
@@ -27,9 +27,9 @@ final class Watchdog: Sendable {
         return watchdog
     }
 
-    /// The testbed to remove if the run hangs.
-    func guardTestbed(_ bed: VethTestbed?) {
-        testbed.withLock { $0 = bed }
+    /// What removes the testbed, if the run hangs.
+    func guardTestbed(_ destroy: (@Sendable () -> Void)?) {
+        testbed.withLock { $0 = destroy }
     }
 
     /// The run is over (normally or not): the watchdog ends.
@@ -55,7 +55,7 @@ final class Watchdog: Sendable {
             if now >= giveUpAt && !finished.load(ordering: .acquiring) {
                 printError("afxdp-bench: the run did not end \(Self.graceSeconds) s after being stopped; "
                     + "removing the testbed and exiting (a hang: please report it)")
-                testbed.withLock { $0?.destroy() }
+                testbed.withLock { $0?() }
                 _exit(3)
             }
         }

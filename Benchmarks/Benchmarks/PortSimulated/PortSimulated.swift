@@ -95,6 +95,55 @@ let benchmarks: @Sendable () -> Void = {
     } setup: {
         try SimulatedFixture(loopback: true)
     }
+
+    // Forwarding without a copy between two ports of one UMEM: A sends a
+    // list, its kernel loops it back in, A indicates it, the handler sends
+    // the received list on B, B's kernel completes it, and B's completion
+    // handler returns it, which sends its frames home to A's fill ring.
+    Benchmark("forward-list-of-64-between-ports-of-one-umem") { benchmark, fixture in
+        var list = fixture.a.filledList()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            try fixture.a.port.send(list)
+            fixture.a.kernel.transmit()
+            fixture.a.port.poll()  // A's completion, and the indication that B sends
+            fixture.b.kernel.transmit()
+            fixture.b.port.poll()  // B's completion: the list goes home to A
+            list = fixture.a.completed.take()!
+        }
+        benchmark.stopMeasurement()
+        precondition(fixture.b.port.statistics.send.forwardedPackets >= benchmark.scaledIterations.count * packetsPerList)
+        try fixture.a.port.returnList(list)
+    } setup: {
+        try ForwardingFixture()
+    }
+}
+
+/// Two simulated ports on one UMEM; A's received lists go out on B.
+final class ForwardingFixture: @unchecked Sendable {
+    // @unchecked: used by the benchmark's one thread.
+    let a: SimulatedFixture
+    let b: SimulatedFixture
+
+    init() throws {
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.frameSize = 2048
+        let umem = try UMEM(frameCount: 2 * configuration.umemFrameCount, frameSize: 2048)
+        let forwardTo = ForwardTarget()
+        a = try SimulatedFixture(loopback: true, umem: umem, onReceive: { indication in
+            try! forwardTo.port!.send(indication.list)
+        })
+        b = try SimulatedFixture(loopback: false, umem: umem, onComplete: { batch in
+            for list in batch { try! batch.port.returnList(list) }
+        })
+        forwardTo.port = b.port
+    }
+}
+
+/// Where A's handler sends: set once, before the measurement.
+final class ForwardTarget: @unchecked Sendable {
+    // @unchecked: written once before any traffic, then only read.
+    var port: Port?
 }
 
 /// Completed lists, kept without allocating: a fixed slot the completion
@@ -121,14 +170,18 @@ final class SimulatedFixture: @unchecked Sendable {
     let kernel: SimulatedKernel
     let completed = CompletedSlot()
 
-    init(loopback: Bool) throws {
+    init(
+        loopback: Bool, umem: UMEM? = nil,
+        onReceive: (@Sendable (ReceiveIndication) -> Void)? = nil,
+        onComplete: (@Sendable (SendCompletions) -> Void)? = nil
+    ) throws {
         let completed = self.completed
         var configuration = PortConfiguration(interface: "sim0")
         configuration.frameSize = 2048
         let opened = try Port.openSimulated(
-            configuration, loopback: loopback,
-            onReceive: { indication in try! indication.port.returnList(indication.list) },
-            onSendComplete: { batch in completed.put(batch) })
+            configuration, umem: umem, loopback: loopback,
+            onReceive: onReceive ?? { indication in try! indication.port.returnList(indication.list) },
+            onSendComplete: onComplete ?? { batch in completed.put(batch) })
         port = opened.port
         kernel = opened.kernel
     }
