@@ -3,6 +3,8 @@
 // Module boundaries follow dependencies, not features:
 //   AFXDPRings   pure Swift rings and free lists (swift-atomics only); testable over heap memory
 //   CAFXDP       the thin C shim over libxdp / libbpf: the "NIC hardware"
+//   AFXDPSystem  the operating system as everything here uses it: network
+//                namespaces, threads, the pthread lock, the clock
 //   AFXDP        the engine (Send/, Receive/, Shared/): the deserialized miniport
 //   AFXDPTestbed network namespaces and veth pairs for tests and the benchmark tool
 //   afxdp-bench  the command-line benchmark
@@ -15,6 +17,7 @@ let package = Package(
         .library(name: "AFXDP", targets: ["AFXDP"]),
         .library(name: "AFXDPRings", targets: ["AFXDPRings"]),
         .library(name: "AFXDPTestbed", targets: ["AFXDPTestbed"]),
+        .library(name: "AFXDPSystem", targets: ["AFXDPSystem"]),
         .executable(name: "afxdp-bench", targets: ["afxdp-bench"]),
         .executable(name: "afxdp-ref", targets: ["afxdp-ref"]),
     ],
@@ -32,6 +35,7 @@ let package = Package(
             name: "CAFXDP",
             linkerSettings: [.linkedLibrary("xdp"), .linkedLibrary("bpf")]
         ),
+        .target(name: "AFXDPSystem", dependencies: ["CAFXDP"]),
         // Turns the compiled XDP object into Swift source, for the build plugin.
         .executableTarget(name: "afxdp-embed"),
         .plugin(
@@ -42,16 +46,16 @@ let package = Package(
         .target(
             name: "AFXDP",
             dependencies: [
-                "AFXDPRings", "CAFXDP",
+                "AFXDPRings", "CAFXDP", "AFXDPSystem",
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
             plugins: ["EmbedXDPProgram"]
         ),
-        .target(name: "AFXDPTestbed"),
+        .target(name: "AFXDPTestbed", dependencies: ["AFXDPSystem", "AFXDP", "CAFXDP"]),
         .executableTarget(
             name: "afxdp-bench",
             dependencies: [
-                "AFXDP", "AFXDPTestbed",
+                "AFXDP", "AFXDPTestbed", "AFXDPSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
@@ -64,9 +68,9 @@ let package = Package(
             cSettings: [.define("_GNU_SOURCE")],
             linkerSettings: [.linkedLibrary("m")]
         ),
-        .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings", "AFXDPTestbed"]),
+        .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings", "AFXDPSystem"]),
         // Test-only C: dropping a thread's capabilities to test the privilege errors.
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
-        .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed", "CTestSupport"]),
+        .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed", "AFXDPSystem", "CTestSupport"]),
     ]
 )

@@ -1,3 +1,4 @@
+import AFXDPSystem
 import AFXDPRings
 import Atomics
 import CAFXDP
@@ -418,25 +419,18 @@ public final class Port: @unchecked Sendable {
 
     private func startServiceThread() throws(AFXDPError) {
         serviceThreadRunning.store(1, ordering: .releasing)
-        let box = Unmanaged.passRetained(self)
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
         // Detached: the thread may end a close itself (one asked from a
-        // handler it ran), so no one is sure to be there to join it.
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        var thread = pthread_t()
-        let result = pthread_create(&thread, &attributes, { argument in
-            let port = Unmanaged<Port>.fromOpaque(argument!).takeRetainedValue()
-            port.runServiceLoop()
-            port.serviceThreadRunning.store(0, ordering: .releasing)
-            return nil
-        }, box.toOpaque())
-        if result != 0 {
-            box.release()
+        // handler it ran), so no one is sure to be there to join it. It
+        // holds the port until it ends.
+        do {
+            try Threads.start(detached: true) { [self] in
+                runServiceLoop()
+                serviceThreadRunning.store(0, ordering: .releasing)
+            }
+        } catch {
             serviceThreadRunning.store(0, ordering: .releasing)
             close()
-            throw .system(operation: "starting the port's own thread (ownThread)", errno: result)
+            throw .system(operation: "starting the port's own thread (ownThread)", errno: error.errno)
         }
     }
 

@@ -1,3 +1,5 @@
+import AFXDPSystem
+
 /// The memory every frame lives in: the NIC's memory, in NDIS terms. Made
 /// once (frame count, frame size, headroom), it outlives every port bound to
 /// it and is unmapped only when the last port and the last list handle into

@@ -4,6 +4,7 @@
 // Foundation, and a child forked from a thread that has entered a network
 // namespace (see NetworkNamespace) starts inside that namespace.
 
+import CAFXDP
 import Glibc
 
 /// A failure while building or tearing down a test host.
@@ -105,13 +106,14 @@ func spawnAndWait(_ args: [String]) throws -> CommandOutput {
     // same moment cannot inherit our write ends and keep them open.
     var outPipe: [Int32] = [-1, -1]
     var errPipe: [Int32] = [-1, -1]
-    guard libc.pipe2(&outPipe, O_CLOEXEC) == 0 else {
-        throw TestbedError(message: "pipe2 failed: \(errnoText(errno))", command: args)
+    let outResult = cafxdp_pipe_cloexec(&outPipe)
+    guard outResult == 0 else {
+        throw TestbedError(message: "pipe2 failed: \(errnoText(-outResult))", command: args)
     }
-    guard libc.pipe2(&errPipe, O_CLOEXEC) == 0 else {
-        let saved = errno
+    let errResult = cafxdp_pipe_cloexec(&errPipe)
+    guard errResult == 0 else {
         close(outPipe[0]); close(outPipe[1])
-        throw TestbedError(message: "pipe2 failed: \(errnoText(saved))", command: args)
+        throw TestbedError(message: "pipe2 failed: \(errnoText(-errResult))", command: args)
     }
 
     var actions = posix_spawn_file_actions_t()
@@ -224,42 +226,11 @@ private func resolveExecutable(_ name: String) -> String? {
     return nil
 }
 
-func errnoText(_ code: Int32) -> String {
-    "\(String(cString: strerror(code))) (errno \(code))"
-}
+func errnoText(_ code: Int32) -> String { errnoDescription(code) }
 
 func trimmed(_ text: String) -> String {
     var scalars = Substring(text)
     while let last = scalars.last, last.isWhitespace { scalars.removeLast() }
     while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }
     return String(scalars)
-}
-
-/// glibc functions that Glibc's module map hides (they are declared only under
-/// _GNU_SOURCE), looked up at run time so that this module needs no C target.
-/// Delete when Swift's Glibc module exports them.
-enum libc {
-    private typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32
-    private typealias Setns = @convention(c) (Int32, Int32) -> Int32
-
-    private static func symbol<T>(_ name: String, as type: T.Type) -> T {
-        guard let handle = dlopen(nil, RTLD_NOW), let address = dlsym(handle, name) else {
-            fatalError("AFXDPTestbed: glibc symbol \(name) not found")
-        }
-        return unsafeBitCast(address, to: type)
-    }
-
-    private static let pipe2Function = symbol("pipe2", as: Pipe2.self)
-    private static let setnsFunction = symbol("setns", as: Setns.self)
-
-    /// `CLONE_NEWNET` from <sched.h>.
-    static let CLONE_NEWNET: Int32 = 0x4000_0000
-
-    static func pipe2(_ fds: UnsafeMutablePointer<Int32>, _ flags: Int32) -> Int32 {
-        pipe2Function(fds, flags)
-    }
-
-    static func setns(_ fd: Int32, _ nstype: Int32) -> Int32 {
-        setnsFunction(fd, nstype)
-    }
 }

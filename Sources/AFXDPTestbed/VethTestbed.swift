@@ -318,23 +318,14 @@ extension VethTestbed {
     static func waitUntilUp(namespace: String, interface: String) throws -> LinkInfo {
         let deadline = monotonicNanoseconds() + 5_000_000_000
         while true {
-            let line = try runCommand(["ip", "-n", namespace, "-o", "link", "show", "dev", interface])
-            guard let info = LinkInfo(ipLinkLine: line) else {
-                throw TestbedError(
-                    message: "cannot read the index and MAC address of \(interface) in namespace \(namespace)",
-                    command: ["ip", "-n", namespace, "-o", "link", "show", "dev", interface],
-                    standardError: "output was: \(trimmed(line))",
-                    hint: "is iproute2's output format different on this system?"
-                )
-            }
+            let info = try LinkInfo.read(interface: interface, namespace: namespace)
             if info.isUp {
                 return info
             }
             if monotonicNanoseconds() > deadline {
                 throw TestbedError(
                     message: "\(interface) in namespace \(namespace) did not come up within 5 s",
-                    standardError: "last state: \(trimmed(line))"
-                )
+                    hint: "`ip -n \(namespace) link show dev \(interface)` shows its state")
             }
             usleep(5_000)
         }
@@ -355,10 +346,23 @@ extension VethTestbed {
 }
 
 /// What `ip -o link show dev IF` says about one interface.
-struct LinkInfo {
-    var index: Int32
-    var address: MACAddress
-    var isUp: Bool
+public struct LinkInfo: Sendable {
+    public var index: Int32
+    public var address: MACAddress
+    public var isUp: Bool
+
+    /// Asks `ip` about `interface` (in `namespace`, or this one). Throws
+    /// `TestbedError` if there is no such interface or it is not Ethernet.
+    public static func read(interface: String, namespace: String?) throws -> LinkInfo {
+        let command = ["ip"] + (namespace.map { ["-n", $0] } ?? []) + ["-o", "link", "show", "dev", interface]
+        let line = try runCommand(command)
+        guard let info = LinkInfo(ipLinkLine: line) else {
+            throw TestbedError(
+                message: "\(interface) is not an Ethernet interface, or iproute2 speaks another format",
+                command: command, standardError: "output was: \(trimmed(line))")
+        }
+        return info
+    }
 
     /// Parses `5: axa1-0@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 ...
     /// state UP ... link/ether 7a:... brd ff:...`.
@@ -390,10 +394,4 @@ private func processIsAlive(_ pid: pid_t) -> Bool {
 
 private func base36(_ value: Int) -> String {
     String(value, radix: 36)
-}
-
-private func monotonicNanoseconds() -> Int {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec * 1_000_000_000 + now.tv_nsec
 }

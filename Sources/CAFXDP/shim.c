@@ -5,6 +5,8 @@
 #include <sched.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -168,6 +170,21 @@ int cafxdp_statistics(int fd, struct xdp_statistics *out)
 int cafxdp_enter_network_namespace(int fd)
 {
     return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;
+}
+
+int cafxdp_pin_thread(pthread_t thread, int cpu)
+{
+    if (cpu < 0 || cpu >= CPU_SETSIZE)
+        return EINVAL;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(thread, sizeof(set), &set);
+}
+
+int cafxdp_pipe_cloexec(int fds[2])
+{
+    return pipe2(fds, O_CLOEXEC) == 0 ? 0 : -errno;
 }
 
 __thread char cafxdp_thread_token_storage;

@@ -3,6 +3,7 @@
 // then the testbed removed) happens on every way out: normal end, thrown
 // error, Ctrl-C / SIGTERM, and the watchdog.
 
+import AFXDPSystem
 import AFXDP
 import AFXDPTestbed
 import ArgumentParser
@@ -47,7 +48,7 @@ enum Benchmark {
     static let testbedPrefix = "afxbench"
 
     static func run(mode: Mode, options: BenchOptions) throws {
-        try FrameCodec.selfTest()
+        try TestFrame.selfTest()
         installSignalHandlers()
         let watchdog = try Watchdog.start(seconds: options.watchdogSeconds)
         defer { watchdog.finish() }
@@ -131,19 +132,13 @@ enum Benchmark {
 
     /// An interface that already exists: its MAC address from `ip -o link`.
     static func existingEndpoint(_ name: String, _ interface: String, _ namespace: String?, _ cpu: Int?) throws -> Endpoint {
-        let command = ["ip"] + (namespace.map { ["-n", $0] } ?? []) + ["-o", "link", "show", "dev", interface]
-        let line: String
         do {
-            line = try runCommand(command)
+            let info = try LinkInfo.read(interface: interface, namespace: namespace)
+            return Endpoint(name: name, interface: interface, namespace: namespace, macAddress: info.address, cpu: cpu)
         } catch {
             let place = namespace.map { "network namespace '\($0)'" } ?? "this network namespace"
-            throw BenchError("end \(name): cannot find interface '\(interface)' in \(place); `\(command.joined(separator: " "))` said:\n\(error)")
+            throw BenchError("end \(name): cannot use interface '\(interface)' in \(place):\n\(error)")
         }
-        let words = line.split(whereSeparator: { $0 == " " || $0 == "\\" || $0 == "\n" || $0 == "\t" })
-        guard let at = words.firstIndex(of: "link/ether"), at + 1 < words.count, let mac = MACAddress(words[at + 1]) else {
-            throw BenchError("\(interface) is not an Ethernet interface (`\(command.joined(separator: " "))` shows no link/ether address)")
-        }
-        return Endpoint(name: name, interface: interface, namespace: namespace, macAddress: mac, cpu: cpu)
     }
 }
 
@@ -306,12 +301,8 @@ final class Session {
             let peer = endpoints[directions[sending].forwarderEnd ?? directions[sending].receiverEnd]
             var lists: [PacketList] = []
             while lists.count < sender.pointer.pointee.capacity, let list = try port.allocateList(packetCount: options.batch) {
-                try list.packets.forEach { packet throws(AFXDPError) in
-                    TestFrame.write(
-                        into: try packet.buffer, length: options.frameSize, sequence: 0,
-                        source: endpoint.macAddress, destination: peer.macAddress)
-                    try packet.setLength(options.frameSize)
-                }
+                try TestFrame.fill(
+                    list, length: options.frameSize, firstSequence: 0, source: endpoint.macAddress, destination: peer.macAddress)
                 lists.append(list)
             }
             guard !lists.isEmpty else {
@@ -443,12 +434,13 @@ final class Session {
                 result.sentPackets += sender.pointee.sentPackets
                 result.sentBytes += sender.pointee.sentPackets * sender.pointee.frameLength
                 result.unsentPackets += sender.pointee.failedPackets
-                result.packets += receiver.pointee.packets
-                result.bytes += receiver.pointee.bytes
-                result.gaps += receiver.pointee.gaps
-                result.reordered += receiver.pointee.reordered
-                result.corrupted += receiver.pointee.corrupted
-                result.foreign += receiver.pointee.foreign
+                let checked = receiver.pointee.flow
+                result.packets += checked.packets
+                result.bytes += checked.bytes
+                result.gaps += checked.gaps
+                result.reordered += checked.reordered
+                result.corrupted += checked.corrupted
+                result.foreign += checked.foreign
                 windowResets += sender.pointee.windowResets
                 if let error = sender.pointee.firstError {
                     errors.append("\(direction.name) queue \(flow.queue): send refused \(sender.pointee.sendErrors) time(s): \(error)")

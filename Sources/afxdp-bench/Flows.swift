@@ -12,6 +12,7 @@
 //
 // Nothing here allocates per packet or per list.
 
+import AFXDPSystem
 import AFXDP
 import AFXDPTestbed
 import Histogram
@@ -142,7 +143,7 @@ enum Generator {
                 let timestamp = monotonicNanoseconds()
                 var sequence = state.pointee.nextSequence
                 try packets.forEach { packet throws(AFXDPError) in
-                    FrameCodec.rewrite(try packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
+                    TestFrame.rewrite(try packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
                     sequence &+= 1
                 }
                 state.pointee.nextSequence = sequence
@@ -209,17 +210,8 @@ enum Generator {
 
 struct ReceiverState {
     let counters: FlowCounters
-    var expected: UInt64 = 0
-    var packets = 0
-    var bytes = 0
-    /// Sequence numbers skipped (frames not seen when a later one arrived).
-    var gaps = 0
-    /// Frames whose sequence number is below one seen before: late or duplicated.
-    var reordered = 0
-    /// Frames whose payload (or header) is not as written.
-    var corrupted = 0
-    /// Frames that are not test frames at all.
-    var foreign = 0
+    /// Every frame checked: in order, gaps, late, corrupted, foreign.
+    var flow = FlowCheck()
     var returnErrors = 0
     var firstError: AFXDPError?
     /// Send-to-receive time in nanoseconds. Equal values come in runs (a
@@ -243,65 +235,31 @@ enum Receiver {
     static func check(_ state: UnsafeMutablePointer<ReceiverState>, _ indication: ReceiveIndication) {
         let list = indication.list
         let now = monotonicNanoseconds()
-        var expected = state.pointee.expected
+        var flow = state.pointee.flow
         var runValue = state.pointee.runValue
         var runCount = state.pointee.runCount
-        var bytes = 0
-        var gaps = 0
-        var reordered = 0
-        var corrupted = 0
-        var foreign = 0
-        var count = 0
         // An indicated list is ours until returned: the accessors cannot
         // throw here; if one did, the engine broke its contract: stop.
         do {
-          try list.packets.forEach { packet throws(AFXDPError) in
-            let bytesOfPacket = try packet.bytes
-            let length = bytesOfPacket.count
-            bytes &+= length
-            count &+= 1
-            let frame = FrameCodec.check(bytesOfPacket.baseAddress!, length: length)
-            switch frame.verdict {
-            case .foreign:
-                foreign += 1
-                return
-            case .corrupted:
-                corrupted += 1  // its sequence number and timestamp cannot be trusted
-                return
-            case .intact:
-                break
+            try list.packets.forEach { packet throws(AFXDPError) in
+                guard let timestamp = flow.check(UnsafeRawBufferPointer(try packet.bytes)) else { return }
+                let latency = now > timestamp ? now &- timestamp : 0
+                if latency == runValue {
+                    runCount &+= 1
+                } else {
+                    if runCount > 0 { state.pointee.latency.record(runValue, count: runCount) }
+                    runValue = latency
+                    runCount = 1
+                }
             }
-            if frame.sequence == expected {
-                expected &+= 1
-            } else if frame.sequence > expected {
-                gaps &+= Int(truncatingIfNeeded: frame.sequence &- expected)
-                expected = frame.sequence &+ 1
-            } else {
-                reordered += 1
-            }
-            let latency = now > frame.timestamp ? now &- frame.timestamp : 0
-            if latency == runValue {
-                runCount &+= 1
-            } else {
-                if runCount > 0 { state.pointee.latency.record(runValue, count: runCount) }
-                runValue = latency
-                runCount = 1
-            }
-          }
         } catch {
             state.pointee.returnErrors += 1
             if state.pointee.firstError == nil { state.pointee.firstError = error }
             requestStop(StopReason.failure)
         }
-        state.pointee.expected = expected
+        state.pointee.flow = flow
         state.pointee.runValue = runValue
         state.pointee.runCount = runCount
-        state.pointee.packets &+= count
-        state.pointee.bytes &+= bytes
-        state.pointee.gaps &+= gaps
-        state.pointee.reordered &+= reordered
-        state.pointee.corrupted &+= corrupted
-        state.pointee.foreign &+= foreign
         publish(state)
         giveBack(state, indication)
     }
@@ -312,8 +270,8 @@ enum Receiver {
     @inline(__always)
     static func drop(_ state: UnsafeMutablePointer<ReceiverState>, _ indication: ReceiveIndication, frameLength: Int) {
         let count = (try? indication.list.count) ?? 0
-        state.pointee.packets &+= count
-        state.pointee.bytes &+= count &* frameLength
+        state.pointee.flow.packets &+= count
+        state.pointee.flow.bytes &+= count &* frameLength
         publish(state)
         giveBack(state, indication)
     }
@@ -321,10 +279,10 @@ enum Receiver {
     @inline(__always)
     private static func publish(_ state: UnsafeMutablePointer<ReceiverState>) {
         let counters = state.pointee.counters
-        counters.receivedPackets.store(state.pointee.packets, ordering: .relaxed)
-        counters.receivedBytes.store(state.pointee.bytes, ordering: .relaxed)
-        counters.progress.store(state.pointee.expected, ordering: .relaxed)
-        counters.gaps.store(state.pointee.gaps, ordering: .relaxed)
+        counters.receivedPackets.store(state.pointee.flow.packets, ordering: .relaxed)
+        counters.receivedBytes.store(state.pointee.flow.bytes, ordering: .relaxed)
+        counters.progress.store(state.pointee.flow.expected, ordering: .relaxed)
+        counters.gaps.store(state.pointee.flow.gaps, ordering: .relaxed)
     }
 
     @inline(__always)
@@ -508,7 +466,7 @@ enum EndLoop {
         let receivers = receivers.map(\.pointer)
         @inline(__always) func received() -> Int {
             var total = 0
-            for receiver in receivers { total &+= receiver.pointee.packets }
+            for receiver in receivers { total &+= receiver.pointee.flow.packets }
             return total
         }
         var iteration: UInt32 = 0

@@ -106,7 +106,7 @@ enum SweepRun {
         options.json = false
         options.plot = nil
 
-        try FrameCodec.selfTest()
+        try TestFrame.selfTest()
         installSignalHandlers()
         let watchdog = try Watchdog.start(
             seconds: given.timeout ?? Double(sizes.count) * (options.seconds + slackPerSize) + 30)

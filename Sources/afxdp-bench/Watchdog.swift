@@ -3,6 +3,7 @@
 // does not end the run, it removes the testbed itself and ends the process,
 // so that a hang never leaves namespaces behind.
 
+import AFXDPSystem
 import AFXDPTestbed
 import Glibc
 import Synchronization

@@ -1,5 +1,5 @@
 import AFXDPRings
-import AFXDPTestbed
+import AFXDPSystem
 import Testing
 
 /// Every capacity × start slot × count, in chunks of varying size, with the

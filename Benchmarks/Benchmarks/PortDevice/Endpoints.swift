@@ -76,13 +76,11 @@ final class Endpoint: @unchecked Sendable {
     private(set) var completedLists = 0
     /// Lists being sent in the current round.
     let inFlight: ListBuffer
-    /// Packets received and returned so far, and what was wrong with them.
-    private(set) var receivedPackets = 0
-    private(set) var outOfOrder = 0
-    private(set) var corrupted = 0
-    /// The next sequence number this end sends and the next it expects.
+    /// What arrived so far (every frame checked, then its list returned).
+    private(set) var flow = FlowCheck()
+    var receivedPackets: Int { flow.packets }
+    /// The next sequence number this end sends.
     var nextSequenceToSend: UInt64 = 0
-    private var nextSequenceExpected: UInt64 = 0
 
     init(interface: String, namespace: String, macAddress: MACAddress, listCapacity: Int, keepsCompletedLists: Bool = true) {
         self.interface = interface
@@ -127,26 +125,13 @@ final class Endpoint: @unchecked Sendable {
     /// then returns the list at once.
     @inline(__always)
     private func receive(_ indication: ReceiveIndication) {
-        var count = 0
         do {
             try indication.list.packets.forEach { packet throws(AFXDPError) in
-                count += 1
-                if let frame = TestFrame.parse(UnsafeRawBufferPointer(try packet.bytes)) {
-                    if frame.sequence != nextSequenceExpected { outOfOrder += 1 }
-                    if !frame.intact { corrupted += 1 }
-                    nextSequenceExpected = frame.sequence &+ 1
-                } else {
-                    corrupted += 1
-                }
+                _ = flow.check(UnsafeRawBufferPointer(try packet.bytes))
             }
-        } catch {
-            fatalError("an indicated list was not the caller's: \(error)")
-        }
-        receivedPackets += count
-        do {
             try indication.port.returnList(indication.list)
         } catch {
-            fatalError("returnList failed: \(error)")
+            fatalError("an indicated list was not the caller's: \(error)")
         }
     }
 
@@ -168,13 +153,10 @@ final class Endpoint: @unchecked Sendable {
     /// Writes a test frame into each packet, with this end's next sequence numbers.
     @inline(__always)
     func write(_ list: PacketList, frameLength: Int, destination: MACAddress) throws(AFXDPError) {
-        try list.packets.forEach { packet throws(AFXDPError) in
-            TestFrame.write(
-                into: try packet.buffer, length: frameLength, sequence: nextSequenceToSend,
-                source: macAddress, destination: destination)
-            try packet.setLength(frameLength)
-            nextSequenceToSend &+= 1
-        }
+        try TestFrame.fill(
+            list, length: frameLength, firstSequence: nextSequenceToSend,
+            source: macAddress, destination: destination)
+        nextSequenceToSend &+= UInt64(try list.count)
     }
 
     /// Closes the port. Lists still held here go back to it first.

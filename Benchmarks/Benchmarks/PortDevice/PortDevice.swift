@@ -299,11 +299,11 @@ final class DeviceFixture {
     /// Outside the measured region: stops the benchmark with an explanation
     /// if the round did not finish or a frame arrived out of order or damaged.
     func check(_ finished: Bool, _ benchmark: Benchmark) {
-        if finished && a.outOfOrder == 0 && a.corrupted == 0 && b.outOfOrder == 0 && b.corrupted == 0 { return }
+        if finished && a.flow.isClean && b.flow.isClean { return }
         var report = finished ? "frames arrived out of order or damaged" : "a round did not finish within \(roundTimeout)"
         for end in [a, b] {
-            report += "; \(end.interface): received \(end.receivedPackets), out of order \(end.outOfOrder)"
-            report += ", damaged \(end.corrupted), lists completed \(end.completedLists)"
+            report += "; \(end.interface): received \(end.receivedPackets), gaps \(end.flow.gaps), reordered \(end.flow.reordered)"
+            report += ", damaged \(end.flow.corrupted), foreign \(end.flow.foreign), lists completed \(end.completedLists)"
             if let port = end.port { report += ", \(port.statistics)" }
         }
         benchmark.error(report)

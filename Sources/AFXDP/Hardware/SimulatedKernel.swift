@@ -1,3 +1,4 @@
+import AFXDPSystem
 import AFXDPRings
 
 /// The kernel's side of a port's four rings, in memory: what a port opened

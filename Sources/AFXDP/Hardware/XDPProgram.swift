@@ -1,3 +1,4 @@
+import AFXDPSystem
 import CAFXDP
 #if canImport(Glibc)
 import Glibc

@@ -94,7 +94,7 @@ final class XDPSocket: @unchecked Sendable {
         rings.initialize(to: cafxdp_rings())
         let binding = UMEMRegistration.Binding(
             namespace: configuration.networkNamespace, ifindex: ifindex, queue: configuration.queue)
-        do {
+        do throws(AFXDPError) {
             let (socket, zeroCopy) = try umem.registrationLock.withLock { () throws(AFXDPError) -> (OpaquePointer, Bool) in
                 guard !umem.isClosedLocked else { throw .umemClosed }
                 if let registration = umem.registration {

@@ -1,3 +1,4 @@
+import AFXDPSystem
 import AFXDPRings
 import Atomics
 

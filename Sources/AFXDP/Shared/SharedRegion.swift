@@ -1,3 +1,4 @@
+import AFXDPSystem
 import Atomics
 
 /// The shared region of a port: what any thread may change, all under one

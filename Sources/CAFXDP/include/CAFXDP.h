@@ -5,6 +5,7 @@
 #ifndef CAFXDP_H
 #define CAFXDP_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <linux/if_link.h>
@@ -104,6 +105,15 @@ static const int cafxdp_so_busy_poll_budget = SO_BUSY_POLL_BUDGET;
 // _GNU_SOURCE, which Swift's Glibc module is not built with. Moves the calling
 // thread into the network namespace `fd` refers to. Returns 0 or -errno.
 int cafxdp_enter_network_namespace(int fd);
+
+// --- Threads and pipes ----------------------------------------------------
+
+// Why wrappers: glibc declares pthread_setaffinity_np, the CPU_SET macros and
+// pipe2 only under _GNU_SOURCE, which Swift's Glibc module is not built with.
+// Pins `thread` to `cpu`; returns 0 or an errno value (EINVAL: no such CPU).
+int cafxdp_pin_thread(pthread_t thread, int cpu);
+// pipe2(fds, O_CLOEXEC); returns 0 or -errno.
+int cafxdp_pipe_cloexec(int fds[2]);
 
 // --- Thread identity and handler depth --------------------------------------
 
