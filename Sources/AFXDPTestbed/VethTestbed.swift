@@ -350,6 +350,8 @@ public struct LinkInfo: Sendable {
     public var index: Int32
     public var address: MACAddress
     public var isUp: Bool
+    /// Whether an XDP program is attached (in any mode).
+    public var hasXDPProgram: Bool
 
     /// Asks `ip` about `interface` (in `namespace`, or this one). Throws
     /// `TestbedError` if there is no such interface or it is not Ethernet.
@@ -385,6 +387,12 @@ public struct LinkInfo: Sendable {
         self.index = index
         self.address = address
         self.isUp = flags.contains("UP") && flags.contains("LOWER_UP") && operState == "UP"
+        // `mtu 1500 xdp qdisc ...`: xdp, xdpgeneric, xdpdrv, xdpoffload or xdpmulti.
+        if let mtuAt = words.firstIndex(of: "mtu"), mtuAt + 2 < words.count {
+            self.hasXDPProgram = words[mtuAt + 2].hasPrefix("xdp")
+        } else {
+            self.hasXDPProgram = false
+        }
     }
 }
 

@@ -105,6 +105,12 @@ void cafxdp_program_close(cafxdp_program *program)
     memset(program, 0, sizeof(*program));
 }
 
+int cafxdp_program_detach(int ifindex, uint32_t flags, int program_fd)
+{
+    LIBBPF_OPTS(bpf_xdp_attach_opts, options, .old_prog_fd = program_fd);
+    return bpf_xdp_detach(ifindex, flags, &options);
+}
+
 int cafxdp_umem_create(struct xsk_umem **umem, void *area, uint64_t size,
                        uint32_t fill_size, uint32_t completion_size,
                        uint32_t frame_size, uint32_t frame_headroom,

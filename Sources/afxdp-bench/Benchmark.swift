@@ -60,8 +60,9 @@ enum Benchmark {
         let session = Session(mode: mode, options: options, endpoints: endpoints)
         defer { session.close() }
         try session.open()
-        let report = try session.run()
+        var report = try session.run()
         session.close()
+        report.errors += leftPrograms(endpoints)
         testbed?()
 
         Report.printSummary(report, options: options)
@@ -71,6 +72,20 @@ enum Benchmark {
         if !report.errors.isEmpty { throw ExitCode(2) }
         if reason != 0 { throw ExitCode(exitStatus(for: reason)) }
         if !plotted { throw ExitCode.failure }
+    }
+
+    /// Every interface of the run that still has an XDP program after its
+    /// ports closed, said as report errors: the engine must leave none.
+    static func leftPrograms(_ endpoints: [Endpoint]) -> [String] {
+        var errors: [String] = []
+        for endpoint in endpoints {
+            for interface in [endpoint.interface] + [endpoint.secondInterface].compactMap({ $0 }) {
+                if let info = try? LinkInfo.read(interface: interface, namespace: endpoint.namespace), info.hasXDPProgram {
+                    errors.append("\(interface) still has an XDP program after its ports closed")
+                }
+            }
+        }
+        return errors
     }
 
     /// The ends to run on: the existing interfaces named in the options, or a

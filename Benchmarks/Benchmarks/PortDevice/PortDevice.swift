@@ -62,7 +62,7 @@ let benchmarks: @Sendable () -> Void = {
     } setup: {
         sendFixture.fixture = try DeviceFixture(sending: .aToB)
     } teardown: {
-        sendFixture.close()
+        try sendFixture.close()
     }
 
     // As above, but the application allocates fresh lists for every round and
@@ -78,7 +78,7 @@ let benchmarks: @Sendable () -> Void = {
     } setup: {
         allocatingFixture.fixture = try DeviceFixture(sending: .aToBAllocating)
     } teardown: {
-        allocatingFixture.close()
+        try allocatingFixture.close()
     }
 
     // An AF_PACKET socket on A sends; B's port indicates lists of up to 64,
@@ -93,7 +93,7 @@ let benchmarks: @Sendable () -> Void = {
     } setup: {
         receiveFixture.fixture = try DeviceFixture(sending: .packetSocketToB)
     } teardown: {
-        receiveFixture.close()
+        try receiveFixture.close()
     }
 
     // Both directions at once, driven by one thread: half the packets each way.
@@ -107,7 +107,7 @@ let benchmarks: @Sendable () -> Void = {
     } setup: {
         duplexFixture.fixture = try DeviceFixture(sending: .both)
     } teardown: {
-        duplexFixture.close()
+        try duplexFixture.close()
     }
 }
 
@@ -117,9 +117,9 @@ final class FixtureSlot: @unchecked Sendable {
     // @unchecked: setup, iterations and teardown run one after another.
     var fixture: DeviceFixture?
 
-    func close() {
-        fixture?.close()
-        fixture = nil
+    func close() throws {
+        defer { fixture = nil }
+        try fixture?.close()
     }
 }
 
@@ -188,13 +188,21 @@ final class DeviceFixture {
     }
 
     /// Closes the ports (socket, UMEM, XDP program), then removes the
-    /// namespaces and the veth pair with them.
-    func close() {
+    /// namespaces and the veth pair with them. Throws if a closed port left
+    /// its XDP program attached (the namespaces go all the same): this suite
+    /// is the release build CI runs, and a detach that fails only there
+    /// would otherwise go unseen until a user's interface keeps a program.
+    func close() throws {
         guard !closed else { return }
         closed = true
         a.close()
         b.close()
-        testbed.destroy()
+        defer { testbed.destroy() }
+        for end in [a, b] {
+            if try LinkInfo.read(interface: end.interface, namespace: end.namespace).hasXDPProgram {
+                throw BenchmarkSetupError("closing the port on \(end.interface) left its XDP program attached")
+            }
+        }
     }
 
     // MARK: Rounds

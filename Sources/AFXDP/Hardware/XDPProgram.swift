@@ -163,12 +163,9 @@ final class XDPProgram: @unchecked Sendable {
         Self.registryLock.withLock {
             users -= 1
             guard users == 0 else { return }
-            var options = bpf_xdp_attach_opts()
-            options.sz = MemoryLayout<bpf_xdp_attach_opts>.size
-            options.old_prog_fd = handle.program_fd
-            let ifindex = self.ifindex, flags = attachFlags
+            let ifindex = self.ifindex, flags = attachFlags, programFD = handle.program_fd
             try? NetworkNamespaceEntry.run(in: namespace) { () throws(AFXDPError) in
-                _ = bpf_xdp_detach(ifindex, flags, &options)
+                _ = cafxdp_program_detach(ifindex, flags, programFD)
             }
             cafxdp_program_close(&handle)
             Self.registry[Self.key(self.namespace, ifindex)] = nil

@@ -38,6 +38,12 @@ int cafxdp_program_load(const void *object_bytes, size_t object_size,
 // Closes the object and with it every map and program fd.
 void cafxdp_program_close(cafxdp_program *program);
 
+// Detaches `program_fd` from `ifindex` (only if it is still the attached
+// program). Returns 0 or a negative errno. In C because libbpf rejects an
+// options struct whose padding is not zero, and Swift leaves padding as it
+// finds it.
+int cafxdp_program_detach(int ifindex, uint32_t flags, int program_fd);
+
 // Why a wrapper: libbpf's print callback is variadic (va_list), which Swift
 // cannot implement. Routes libbpf's messages into a buffer that the next
 // cafxdp_program_load copies out, instead of libbpf writing to stderr.

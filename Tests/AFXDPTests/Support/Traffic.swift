@@ -207,8 +207,7 @@ struct Generator {
 
 /// Whether the interface (in its namespace) has an XDP program attached.
 func hasXDPProgram(_ interface: String, namespace: String) throws -> Bool {
-    let output = try runCommand(["ip", "-n", namespace, "-o", "link", "show", "dev", interface])
-    return output.contains(" xdp")
+    try LinkInfo.read(interface: interface, namespace: namespace).hasXDPProgram
 }
 
 /// Opens a port on one end of the testbed with the test filter.
