@@ -225,7 +225,7 @@ int instruction_loop(struct ref_port *a, struct ref_port *b, const struct instru
 // Enters end i's namespace, or the one the process started in if it has none.
 static int enter(struct ref_end *end)
 {
-	int fd = end->port.netns_fd >= 0 ? end->port.netns_fd : ref_original_netns_fd;
+	int fd = end->netns_fd >= 0 ? end->netns_fd : ref_original_netns_fd;
 	if (fd >= 0 && setns(fd, CLONE_NEWNET) != 0) {
 		snprintf(end->error, sizeof(end->error), "cannot enter the namespace of end %s: %s", end->name,
 			 strerror(errno));
@@ -237,17 +237,11 @@ static int enter(struct ref_end *end)
 int ref_instruction_loop_main(const struct ref_options *options, const void *object, size_t object_size)
 {
 	struct ref_end ends[2];
-	memset(ends, 0, sizeof(ends));
+	for (int i = 0; i < 2; i++)
+		ref_end_init(&ends[i], i, options, object, object_size);
 	int opened = 0, exit_code = 0;
 	for (int i = 0; i < 2; i++) {
 		struct ref_end *end = &ends[i];
-		end->index = i;
-		end->name = i ? "B" : "A";
-		end->options = options;
-		end->object_bytes = object;
-		end->object_size = object_size;
-		atomic_init(&end->port.fd, -1);
-		end->port.netns_fd = -1;
 		// A port without a namespace is made where the process started,
 		// not in the other end's namespace, which this thread may be in.
 		if ((!options->namespace[i] && enter(end)) || ref_port_open(end)) {
@@ -263,12 +257,12 @@ int ref_instruction_loop_main(const struct ref_options *options, const void *obj
 		.batch = options->batch,
 		.frame_length = options->frame_size,
 		.need_wakeup = options->need_wakeup,
-		.source = ends[0].port.mac,
-		.destination = ends[1].port.mac,
+		.source = ends[0].ports[0].mac,
+		.destination = ends[1].ports[0].mac,
 	};
 	struct instruction_counts counts;
 	memset(&counts, 0, sizeof(counts));
-	int result = instruction_loop(&ends[0].port, &ends[1].port, &work, &counts);
+	int result = instruction_loop(&ends[0].ports[0], &ends[1].ports[0], &work, &counts);
 	const struct tally *tally = &counts.tally;
 	printf("instruction-loop: %llu of %llu frames received, %llu corrupted, %llu out of order\n",
 	       (unsigned long long)tally->received, (unsigned long long)counts.sent,
@@ -291,7 +285,7 @@ out:
 	for (int i = opened - 1; i >= 0; i--) {
 		if (enter(&ends[i])) {
 			// Not in its namespace: detaching by index could hit another interface.
-			ends[i].port.attach_mode = 0;
+			ends[i].ports[0].attach_mode = 0;
 			fprintf(stderr, "afxdp-ref: %s; the XDP program stays on %s\n", ends[i].error,
 				options->interface[i]);
 			if (!exit_code)
@@ -300,7 +294,7 @@ out:
 		ref_port_close(&ends[i]);
 	}
 	for (int i = 0; i < 2; i++)
-		if (ends[i].port.netns_fd >= 0)
-			close(ends[i].port.netns_fd);
+		if (ends[i].netns_fd >= 0)
+			close(ends[i].netns_fd);
 	return exit_code;
 }

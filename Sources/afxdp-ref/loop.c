@@ -5,6 +5,10 @@
 // taken, then receive one burst (check, count, or forward it). Nothing is
 // queued in user space: a frame is either ours (free list, or not yet
 // released from RX) or the kernel's.
+//
+// F (forward mode) runs its own loop over its two ports: a burst from one
+// port's RX goes out of the other's TX as it is (same UMEM frames, no copy),
+// and comes back, once sent, to the fill ring of the port it arrived on.
 #include "ref.h"
 #include "frame.h"
 
@@ -19,7 +23,7 @@
 // ends share two cores with the kernel's work and with each other.
 #define IDLE_PASSES_BEFORE_YIELD 64
 
-// The hot loop's view of its end, on the thread's stack.
+// The hot loop's view of one port of its end, on the thread's stack.
 struct loop {
 	struct ref_end *end;
 	struct ref_port *port;
@@ -257,7 +261,7 @@ static inline uint32_t receive_dropped(struct loop *loop, struct ref_direction *
 	return count;
 }
 
-// --- Forwarder (l2fwd's B) ------------------------------------------------
+// --- Forwarder (l2fwd's B) ----------------------------------------------
 
 // Forwarded frames are done: back into the fill ring.
 static inline uint32_t reap_forwarded(struct loop *loop, struct ref_direction *direction)
@@ -326,6 +330,75 @@ static inline uint32_t forward_burst(struct loop *loop, struct ref_direction *di
 	return count;
 }
 
+// --- Relay (forward's F) -------------------------------------------------
+
+// A burst from `in`'s RX goes out of `out`'s TX as it arrived: the same UMEM
+// frames (both sockets share the UMEM), addresses and lengths unchanged, no
+// byte of the frames read or written. What `out`'s TX ring has no room for
+// stays in `in`'s RX for the next pass.
+static inline uint32_t relay_burst(struct loop *in, struct loop *out, struct ref_direction *direction)
+{
+	struct xsk_ring_cons *rx = &in->port->rings.rx;
+	struct xsk_ring_prod *tx = &out->port->rings.tx;
+	uint32_t rx_index, tx_index;
+	uint32_t count = xsk_ring_cons__peek(rx, in->batch, &rx_index);
+	if (count == 0) {
+		receive_wakeup(in);
+		return 0;
+	}
+	uint32_t room = xsk_prod_nb_free(tx, count);
+	if (room < count) {
+		xsk_ring_cons__cancel(rx, count - room);
+		direction->forwarder.held_back += count - room;
+		count = room;
+		if (count == 0)
+			return 0;
+	}
+	if (xsk_ring_prod__reserve(tx, count, &tx_index) != count) {
+		xsk_ring_cons__cancel(rx, count);
+		return 0;
+	}
+	for (uint32_t i = 0; i < count; i++) {
+		const struct xdp_desc *received = xsk_ring_cons__rx_desc(rx, rx_index + i);
+		struct xdp_desc *sent = xsk_ring_prod__tx_desc(tx, tx_index + i);
+		sent->addr = received->addr;
+		sent->len = received->len;
+		sent->options = 0;
+	}
+	xsk_ring_prod__submit(tx, count);
+	xsk_ring_cons__release(rx, count);
+	return count;
+}
+
+// Frames `out` has sent are done: back into the fill ring of `in`, the port
+// they were received on (each fill ring keeps its own half of the UMEM). The
+// address may carry the frame's offset: masked to the frame's start.
+static inline uint32_t reap_relayed(struct loop *out, struct loop *in, struct ref_direction *direction)
+{
+	struct xsk_ring_cons *completion = &out->port->rings.completion;
+	struct xsk_ring_prod *fill = &in->port->rings.fill;
+	uint32_t index, fill_index;
+	uint32_t count = xsk_ring_cons__peek(completion, in->port->rx_frames, &index);
+	if (count == 0)
+		return 0;
+	if (xsk_ring_prod__reserve(fill, count, &fill_index) != count) {
+		// The fill ring is as large as `in`'s half of the UMEM, but the
+		// kernel publishes what it took from it only when it has used up
+		// what it read last time: until then the frames wait here.
+		xsk_ring_cons__cancel(completion, count);
+		in->stats->fill_full++;
+		return 0;
+	}
+	for (uint32_t i = 0; i < count; i++)
+		*xsk_ring_prod__fill_addr(fill, fill_index + i) =
+			*xsk_ring_cons__comp_addr(completion, index + i) & in->frame_mask;
+	xsk_ring_prod__submit(fill, count);
+	xsk_ring_cons__release(completion, count);
+	direction->forwarder.forwarded += count;
+	atomic_store_explicit(&direction->counters.forwarded, direction->forwarder.forwarded, memory_order_relaxed);
+	return count;
+}
+
 // --- The thread ---------------------------------------------------------
 
 static int pin(struct ref_end *end)
@@ -365,30 +438,53 @@ static void wait_until_stopped(void)
 		ref_sleep_ns(50000);
 }
 
-// Addresses and EtherType into every TX frame, once.
-static void write_headers(struct ref_end *end, struct ref_direction *direction, struct ref_end ends[2])
+// Addresses and EtherType into every TX frame, once. The frames go to the
+// receiver, or to the forwarder's port they arrive on: l2fwd's B, forward's
+// F port facing the sender.
+static void write_headers(struct ref_end *end, struct ref_direction *direction, struct ref_end *ends)
 {
-	int to = direction->forwarder_end >= 0 ? direction->forwarder_end : direction->receiver_end;
-	const uint8_t *destination = ends[to].port.mac;
-	struct ref_port *port = &end->port;
+	const uint8_t *destination = direction->forwarder_end >= 0
+		? ends[direction->forwarder_end].ports[direction->forwarder_port].mac
+		: ends[direction->receiver_end].ports[0].mac;
+	struct ref_port *port = &end->ports[0];
 	for (uint32_t i = 0; i < port->tx_free_count; i++)
 		ref_frame_write_header((uint8_t *)port->area + port->tx_free[i], destination, port->mac);
 }
 
-static void run(struct ref_end *end)
+static struct loop loop_of(struct ref_end *end, struct ref_port *port, uint8_t *area)
 {
-	struct loop loop = {
+	return (struct loop){
 		.end = end,
-		.port = &end->port,
-		.stats = &end->stats,
-		.area = end->port.area,
-		.frame_mask = end->port.frame_mask,
+		.port = port,
+		.stats = &port->stats,
+		.area = area,
+		.frame_mask = port->frame_mask,
 		.batch = end->options->batch,
 		.frame_length = end->options->frame_size,
-		.fd = atomic_load(&end->port.fd),
+		.fd = atomic_load(&port->fd),
 		.need_wakeup = end->options->need_wakeup,
 		.busy_poll = end->options->busy_poll,
 	};
+}
+
+// Between two passes: yield the CPU after a run of idle ones, and give up
+// at the hard deadline whatever the phase says. False: stop.
+static inline bool pace(uint32_t progress, uint32_t *idle, uint64_t iterations)
+{
+	if (progress) {
+		*idle = 0;
+	} else if (++*idle >= IDLE_PASSES_BEFORE_YIELD) {
+		*idle = 0;
+		sched_yield();
+	}
+	return (iterations & 1023) != 0 ||
+	       ref_now() <= atomic_load_explicit(&ref_hard_deadline, memory_order_relaxed);
+}
+
+static void run(struct ref_end *end)
+{
+	struct ref_port *port = &end->ports[0];
+	struct loop loop = loop_of(end, port, port->area);
 	struct ref_direction *sending = end->sending;
 	struct ref_direction *receiving = end->receiving;
 	struct ref_direction *forwarding = end->forwarding;
@@ -415,17 +511,38 @@ static void run(struct ref_end *end)
 		}
 		if (receiving)
 			progress += check ? receive_checked(&loop, receiving) : receive_dropped(&loop, receiving);
-		if (progress) {
-			idle = 0;
-		} else if (++idle >= IDLE_PASSES_BEFORE_YIELD) {
-			idle = 0;
-			sched_yield();
-		}
-		if ((++iterations & 1023) == 0 &&
-		    ref_now() > atomic_load_explicit(&ref_hard_deadline, memory_order_relaxed))
+		if (!pace(progress, &idle, ++iterations))
 			break;
 	}
-	end->stats.iterations = iterations;
+	port->stats.iterations = iterations;
+}
+
+// F: per pass, for each port s and the other o: relay a burst from s's RX to
+// o's TX, kick o's TX, and give what o has sent back to s's fill ring. It
+// runs until stopped (through the drain too): F sends nothing of its own.
+static void run_relay(struct ref_end *end)
+{
+	uint8_t *area = end->ports[0].area; // the UMEM FA registered; F never reads it
+	struct loop loops[2] = { loop_of(end, &end->ports[0], area), loop_of(end, &end->ports[1], area) };
+	uint32_t idle = 0;
+	uint64_t iterations = 0;
+	for (;;) {
+		int phase = atomic_load_explicit(&ref_phase, memory_order_relaxed);
+		if (phase >= REF_STOPPED || end->error[0])
+			break;
+		uint32_t progress = 0;
+		bool failed = false;
+		for (int s = 0; s < 2 && !failed; s++) {
+			struct loop *in = &loops[s], *out = &loops[1 - s];
+			struct ref_direction *direction = end->relaying[s];
+			progress += relay_burst(in, out, direction);
+			failed = kick(out) != 0;
+			progress += reap_relayed(out, in, direction);
+		}
+		if (failed || !pace(progress, &idle, ++iterations))
+			break;
+	}
+	loops[0].stats->iterations = loops[1].stats->iterations = iterations;
 }
 
 void *ref_end_main(void *argument)
@@ -438,13 +555,16 @@ void *ref_end_main(void *argument)
 	}
 	atomic_store_explicit(&end->status, REF_END_READY, memory_order_release);
 
-	// The main thread moves on once both ends are ready (the peer's MAC
-	// address is known then) or stops the run.
+	// The main thread moves on once all ends are ready (the peers' MAC
+	// addresses are known then) or stops the run.
 	int phase = wait_while(REF_SETUP);
 	if (phase == REF_RUNNING || phase == REF_DRAINING) {
 		if (end->sending)
 			write_headers(end, end->sending, ends);
-		run(end);
+		if (end->index == REF_F)
+			run_relay(end);
+		else
+			run(end);
 	}
 	// Stay until the main thread has stopped reading this port's socket.
 	wait_until_stopped();

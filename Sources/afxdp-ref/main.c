@@ -1,8 +1,8 @@
 // afxdp-ref: the bare libxdp ring loop that the swift-afxdp engine is
 // compared against. See ref.h for the shape, `afxdp-ref --help` for use.
 //
-// The main thread parses options, starts one thread per end, prints a line
-// a second, stops the sending, lets what is in flight arrive, stops the
+// The main thread parses options, starts one thread per end (A and B, and
+// in forward mode F between them), prints a line a second, stops the sending, lets what is in flight arrive, stops the
 // threads and reports. Every way out closes the sockets and detaches the
 // programs: the normal end, an error, SIGINT / SIGTERM (a flag the loops
 // see), and a watchdog at --seconds + 10 s that exits non-zero, detaching
@@ -68,15 +68,21 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: afxdp-ref MODE --interface-a IF --interface-b IF [options]\n"
+		"       afxdp-ref forward --interface-a IF --interface-b IF --interface-fa IF --interface-fb IF\n"
+		"                 --namespace-f NS [options]\n"
 		"\n"
 		"The bare libxdp AF_XDP ring loop, the reference afxdp-bench is compared against.\n"
-		"Two ports, one per end of an existing veth pair, one thread each.\n"
+		"Two ports, one per end of an existing veth pair, one thread each; in forward mode\n"
+		"a third end F between them (A - F - B, two existing veth pairs), on a thread of its own.\n"
 		"\n"
 		"modes:\n"
 		"  duplex    A sends to B and B to A at once; each end checks what it receives\n"
 		"  tx-only   A sends; B receives and checks (B's count is the measure)\n"
 		"  rx-drop   A sends; B receives and releases at once, without reading payloads\n"
 		"  l2fwd     A sends; B sends the same UMEM frames back, MACs swapped; A checks\n"
+		"  forward   as duplex, through F: A's frames go to FA, B's to FB; F's two sockets share\n"
+		"            one UMEM, and F sends what one receives out of the other from the same\n"
+		"            frames (no copy, no MAC swap); B checks A->F->B, A checks B->F->A\n"
 		"  instruction-loop  one thread moves --packets frames A->B, at most 256 in flight,\n"
 		"            writing and checking each as afxdp-bench instruction-loop does; for\n"
 		"            valgrind --tool=callgrind --toggle-collect=instruction_loop\n"
@@ -85,13 +91,18 @@ static void usage(FILE *out)
 		"  --interface-a IF, --interface-b IF   the two ends (required)\n"
 		"  --namespace-a NS, --namespace-b NS   their network namespaces (/var/run/netns/NS)\n"
 		"  --cpu-a N, --cpu-b N                 pin each end's thread to a CPU\n"
+		"  --interface-fa IF, --interface-fb IF forward: F's interfaces, FA paired with A's,\n"
+		"                                       FB with B's (required in forward, only there)\n"
+		"  --namespace-f NS     forward: F's network namespace (required in forward, only there)\n"
+		"  --cpu-f N            forward: pin F's thread to a CPU\n"
 		"  --seconds S          how long to send (default 10)\n"
 		"  --packets N          instruction-loop: frames to move (default 200000)\n"
 		"  --frame-size N       Ethernet frame length without FCS, 64..1514 (default 64)\n"
 		"  --batch N            descriptors per burst (default 64)\n"
 		"  --ring-size N        size of all four rings, a power of two (default 2048)\n"
 		"  --umem-frame-size N  2048 or 4096 (default 4096)\n"
-		"  --frames N           UMEM frames per port: half fill ring, half TX (default 4096)\n"
+		"  --frames N           UMEM frames per port: half fill ring, half TX (default 4096);\n"
+		"                       F: one UMEM of N frames, half for each socket's fill ring\n"
 		"  --no-need-wakeup     kick whenever TX has work, instead of when the ring asks\n"
 		"  --busy-poll          SO_PREFER_BUSY_POLL, SO_BUSY_POLL 20 us, budget --batch\n"
 		"  --xdp-object PATH    the compiled bpf/afxdp_redirect.bpf.c (default: afxdp_redirect.bpf.o\n"
@@ -126,7 +137,7 @@ static char default_object_path[PATH_MAX];
 static void parse_options(int argc, char **argv, struct ref_options *options)
 {
 	*options = (struct ref_options){
-		.cpu = { -1, -1 },
+		.cpu = { -1, -1, -1 },
 		.seconds = 10,
 		.packets = 200000,
 		.frame_size = 64,
@@ -139,7 +150,7 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 	enum {
 		INTERFACE_A = 256, INTERFACE_B, NAMESPACE_A, NAMESPACE_B, CPU_A, CPU_B, SECONDS, FRAME_SIZE,
 		BATCH, RING_SIZE, UMEM_FRAME_SIZE, FRAMES, NO_NEED_WAKEUP, BUSY_POLL, JSON, XDP_OBJECT, HELP,
-		PACKETS,
+		PACKETS, INTERFACE_FA, INTERFACE_FB, NAMESPACE_F, CPU_F,
 	};
 	static const struct option long_options[] = {
 		{ "interface-a", required_argument, NULL, INTERFACE_A },
@@ -160,10 +171,14 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		{ "xdp-object", required_argument, NULL, XDP_OBJECT },
 		{ "help", no_argument, NULL, HELP },
 		{ "packets", required_argument, NULL, PACKETS },
+		{ "interface-fa", required_argument, NULL, INTERFACE_FA },
+		{ "interface-fb", required_argument, NULL, INTERFACE_FB },
+		{ "namespace-f", required_argument, NULL, NAMESPACE_F },
+		{ "cpu-f", required_argument, NULL, CPU_F },
 		{ NULL, 0, NULL, 0 },
 	};
 	// Options that only one kind of mode takes.
-	const char *timed_only = NULL, *instruction_only = NULL;
+	const char *timed_only = NULL, *instruction_only = NULL, *forward_only = NULL;
 	int option;
 	while ((option = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
 		switch (option) {
@@ -171,6 +186,13 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		case INTERFACE_B: options->interface[1] = optarg; break;
 		case NAMESPACE_A: options->namespace[0] = optarg; break;
 		case NAMESPACE_B: options->namespace[1] = optarg; break;
+		case INTERFACE_FA: options->interface[REF_IF_FA] = optarg; forward_only = "--interface-fa"; break;
+		case INTERFACE_FB: options->interface[REF_IF_FB] = optarg; forward_only = "--interface-fb"; break;
+		case NAMESPACE_F: options->namespace[REF_F] = optarg; forward_only = "--namespace-f"; break;
+		case CPU_F:
+			options->cpu[REF_F] = (int)parse_unsigned("cpu-f", optarg, 0, 1023);
+			forward_only = "--cpu-f";
+			break;
 		case CPU_A:
 			options->cpu[0] = (int)parse_unsigned("cpu-a", optarg, 0, 1023);
 			timed_only = "--cpu-a";
@@ -208,7 +230,7 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		}
 	}
 	if (optind != argc - 1)
-		usage_error(optind == argc ? "give a mode: duplex, tx-only, rx-drop, l2fwd or instruction-loop"
+		usage_error(optind == argc ? "give a mode: duplex, tx-only, rx-drop, l2fwd, forward or instruction-loop"
 					   : "one mode only, and options after it start with --");
 	const char *mode = argv[optind];
 	if (!strcmp(mode, "duplex"))
@@ -219,24 +241,39 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		options->mode = REF_RX_DROP;
 	else if (!strcmp(mode, "l2fwd"))
 		options->mode = REF_L2FWD;
+	else if (!strcmp(mode, "forward"))
+		options->mode = REF_FORWARD;
 	else if (!strcmp(mode, "instruction-loop"))
 		options->mode = REF_INSTRUCTION_LOOP;
 	else
-		usage_error("unknown mode '%s': use duplex, tx-only, rx-drop, l2fwd or instruction-loop", mode);
+		usage_error("unknown mode '%s': use duplex, tx-only, rx-drop, l2fwd, forward or instruction-loop", mode);
 	if (options->mode == REF_INSTRUCTION_LOOP && timed_only)
 		usage_error("%s is not for instruction-loop (one thread, a fixed number of frames)", timed_only);
 	if (options->mode != REF_INSTRUCTION_LOOP && instruction_only)
 		usage_error("%s is for instruction-loop only", instruction_only);
+	if (options->mode != REF_FORWARD && forward_only)
+		usage_error("%s is for forward mode only (F, between A and B)", forward_only);
 
-	for (int i = 0; i < 2; i++) {
-		const char *which = i ? "b" : "a";
+	const bool forward = options->mode == REF_FORWARD;
+	static const char *const interface_options[REF_MAX_INTERFACES] = { "a", "b", "fa", "fb" };
+	for (int i = 0; i < (forward ? REF_MAX_INTERFACES : 2); i++) {
+		const char *which = interface_options[i];
 		if (!options->interface[i])
-			usage_error("--interface-%s is required", which);
+			usage_error(i < 2 ? "--interface-%s is required" : "--interface-%s is required in forward mode",
+				    which);
 		size_t length = strlen(options->interface[i]);
 		if (length == 0 || length > 15)
 			usage_error("--interface-%s '%s' must be 1 to 15 characters", which, options->interface[i]);
+	}
+	if (forward && !options->namespace[REF_F])
+		usage_error("--namespace-f is required in forward mode");
+	if (forward && !strcmp(options->interface[REF_IF_FA], options->interface[REF_IF_FB]))
+		usage_error("--interface-fa and --interface-fb must be two interfaces, not both '%s'",
+			    options->interface[REF_IF_FA]);
+	static const char *const namespace_options[REF_MAX_ENDS] = { "a", "b", "f" };
+	for (int i = 0; i < REF_MAX_ENDS; i++) {
 		if (options->namespace[i] && (!options->namespace[i][0] || strchr(options->namespace[i], '/')))
-			usage_error("--namespace-%s must be a name under /var/run/netns, not '%s'", which,
+			usage_error("--namespace-%s must be a name under /var/run/netns, not '%s'", namespace_options[i],
 				    options->namespace[i]);
 	}
 	if (options->ring_size & (options->ring_size - 1))
@@ -295,7 +332,8 @@ static void *read_file(const char *path, size_t *size)
 
 // --- Watchdog -------------------------------------------------------------
 
-static struct ref_end ends[2];
+static struct ref_end ends[REF_MAX_ENDS];
+static int end_count;
 static _Atomic bool finished = false;
 static uint64_t watchdog_deadline;
 
@@ -316,7 +354,7 @@ static void *watchdog_main(void *unused)
 		if (now >= give_up && !atomic_load(&finished)) {
 			fprintf(stderr, "afxdp-ref: watchdog: no orderly end %d s later; closing the sockets, "
 				"detaching the XDP programs and exiting\n", WATCHDOG_GRACE_SECONDS);
-			for (int i = 0; i < 2; i++)
+			for (int i = 0; i < end_count; i++)
 				ref_port_emergency_detach(&ends[i]);
 			_exit(3);
 		}
@@ -347,6 +385,15 @@ static int plan(const struct ref_options *options)
 		d[0] = (struct ref_direction){ .name = "A->B->A", .sender_end = 0, .receiver_end = 0, .forwarder_end = 1 };
 		count = 1;
 		break;
+	case REF_FORWARD:
+		// Each sender's frames arrive on F's port facing it (FA is F's
+		// port 0, FB its port 1) and leave by the other.
+		d[0] = (struct ref_direction){ .name = "A->F->B", .sender_end = REF_A, .receiver_end = REF_B,
+					       .forwarder_end = REF_F, .forwarder_port = 0 };
+		d[1] = (struct ref_direction){ .name = "B->F->A", .sender_end = REF_B, .receiver_end = REF_A,
+					       .forwarder_end = REF_F, .forwarder_port = 1 };
+		count = 2;
+		break;
 	case REF_INSTRUCTION_LOOP: // instruction.c, not these threads
 		break;
 	}
@@ -354,7 +401,9 @@ static int plan(const struct ref_options *options)
 		d[i].checked = options->mode != REF_RX_DROP;
 		ends[d[i].sender_end].sending = &d[i];
 		ends[d[i].receiver_end].receiving = &d[i];
-		if (d[i].forwarder_end >= 0)
+		if (options->mode == REF_FORWARD)
+			ends[REF_F].relaying[d[i].forwarder_port] = &d[i];
+		else if (d[i].forwarder_end >= 0)
 			ends[d[i].forwarder_end].forwarding = &d[i];
 	}
 	return count;
@@ -378,12 +427,37 @@ static bool samples_equal(const struct ref_sample *a, const struct ref_sample *b
 static void join_ends(void)
 {
 	atomic_store_explicit(&ref_phase, REF_STOPPED, memory_order_release);
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < end_count; i++) {
 		if (ends[i].thread) {
 			pthread_join(ends[i].thread, NULL);
 			ends[i].thread = 0;
 		}
 	}
+}
+
+// Every end ready (true), or one failed or a stop was asked for (false).
+static bool wait_until_ready(void)
+{
+	while (!atomic_load(&ref_stop_reason)) {
+		int ready = 0;
+		for (int i = 0; i < end_count; i++) {
+			int status = atomic_load_explicit(&ends[i].status, memory_order_acquire);
+			if (status == REF_END_FAILED)
+				return false;
+			ready += status == REF_END_READY;
+		}
+		if (ready == end_count)
+			return true;
+		ref_sleep_ns(1000000);
+	}
+	return false;
+}
+
+// "fwa", or F's "fwfa, fwfb": for the error lines.
+static void print_end_error(const struct ref_end *end)
+{
+	fprintf(stderr, "afxdp-ref: end %s (%s%s%s): %s\n", end->name, end->ports[0].interface,
+		end->port_count > 1 ? ", " : "", end->port_count > 1 ? end->ports[1].interface : "", end->error);
 }
 
 int main(int argc, char **argv)
@@ -422,6 +496,11 @@ int main(int argc, char **argv)
 		return code;
 	}
 
+	// Before the watchdog starts: it reads the ends when it has to detach.
+	end_count = ref_end_count(&options);
+	for (int i = 0; i < end_count; i++)
+		ref_end_init(&ends[i], i, &options, object, object_size);
+
 	const uint64_t begin = ref_now();
 	const uint64_t run_ns = (uint64_t)(options.seconds * 1e9);
 	watchdog_deadline = begin + run_ns + WATCHDOG_EXTRA_SECONDS * 1000000000ull;
@@ -434,18 +513,8 @@ int main(int argc, char **argv)
 	}
 
 	int count = plan(&options);
-	for (int i = 0; i < 2; i++) {
-		ends[i].index = i;
-		ends[i].name = i ? "B" : "A";
-		ends[i].options = &options;
-		ends[i].object_bytes = object;
-		ends[i].object_size = object_size;
-		atomic_init(&ends[i].port.fd, -1);
-		ends[i].port.netns_fd = -1;
-		atomic_init(&ends[i].status, REF_END_STARTING);
-	}
 	int exit_code = 0;
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < end_count; i++) {
 		int error = pthread_create(&ends[i].thread, NULL, ref_end_main, &ends[i]);
 		if (error) {
 			ends[i].thread = 0;
@@ -454,25 +523,11 @@ int main(int argc, char **argv)
 		}
 	}
 
-	// Both ends ready, or one failed, or a stop.
-	bool ready = false;
-	while (!atomic_load(&ref_stop_reason)) {
-		int a = atomic_load_explicit(&ends[0].status, memory_order_acquire);
-		int b = atomic_load_explicit(&ends[1].status, memory_order_acquire);
-		if (a == REF_END_FAILED || b == REF_END_FAILED)
-			break;
-		if (a == REF_END_READY && b == REF_END_READY) {
-			ready = true;
-			break;
-		}
-		ref_sleep_ns(1000000);
-	}
-	if (!ready) {
+	if (!wait_until_ready()) {
 		join_ends();
-		for (int i = 0; i < 2; i++)
+		for (int i = 0; i < end_count; i++)
 			if (ends[i].error[0])
-				fprintf(stderr, "afxdp-ref: end %s (%s): %s\n", ends[i].name, options.interface[i],
-					ends[i].error);
+				print_end_error(&ends[i]);
 		int reason = atomic_load(&ref_stop_reason);
 		exit_code = reason == REF_STOP_WATCHDOG ? 3 : reason && reason < REF_STOP_WATCHDOG ? 128 + reason : 1;
 		goto out;
@@ -532,9 +587,12 @@ int main(int argc, char **argv)
 
 	int reason = atomic_load(&ref_stop_reason);
 	ref_report_summary(&options, directions, count, ends, (double)(stopped - start) / 1e9, at_stop, reason);
+	bool failed = false;
+	for (int i = 0; i < end_count; i++)
+		failed |= ends[i].error[0] != '\0';
 	if (reason == REF_STOP_WATCHDOG)
 		exit_code = 3;
-	else if (ends[0].error[0] || ends[1].error[0])
+	else if (failed)
 		exit_code = 2;
 	else if (reason)
 		exit_code = 128 + reason;
@@ -542,9 +600,9 @@ int main(int argc, char **argv)
 out:
 	atomic_store(&finished, true);
 	pthread_join(watchdog, NULL);
-	for (int i = 0; i < 2; i++)
-		if (ends[i].port.netns_fd >= 0)
-			close(ends[i].port.netns_fd);
+	for (int i = 0; i < end_count; i++)
+		if (ends[i].netns_fd >= 0)
+			close(ends[i].netns_fd);
 	free(object);
 	return exit_code;
 }

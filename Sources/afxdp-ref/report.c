@@ -1,6 +1,7 @@
 // What afxdp-ref prints, in afxdp-bench's shapes: a header, a line per second
 // per direction, the summary tables, and with --json one JSON object (with
-// afxdp-bench's field names) as the last line.
+// afxdp-bench's field names) as the last line. Ports are listed end by end:
+// A0, B0, and in forward mode F's FA0 and FB0.
 #include "ref.h"
 
 #include <math.h>
@@ -15,6 +16,7 @@ const char *ref_mode_name(enum ref_mode mode)
 	case REF_TX_ONLY: return "tx-only";
 	case REF_RX_DROP: return "rx-drop";
 	case REF_L2FWD: return "l2fwd";
+	case REF_FORWARD: return "forward";
 	case REF_INSTRUCTION_LOOP: return "instruction-loop";
 	}
 	return "?";
@@ -25,22 +27,34 @@ static void format_mac(const uint8_t mac[6], char out[18])
 	snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
 }
 
-void ref_report_header(const struct ref_options *options, struct ref_end ends[2])
+// Every port of every end, in order, for the per-port lists.
+#define FOR_EACH_PORT(ends, end_count, end, port)                                                   \
+	for (const struct ref_end *end = (ends); end < (ends) + (end_count); end++)                 \
+		for (const struct ref_port *port = end->ports; port < end->ports + end->port_count; port++)
+
+void ref_report_header(const struct ref_options *options, struct ref_end *ends)
 {
-	for (int i = 0; i < 2; i++) {
-		char mac[18];
-		format_mac(ends[i].port.mac, mac);
-		printf("end %s: %s", ends[i].name, options->interface[i]);
+	const int end_count = ref_end_count(options);
+	for (int i = 0; i < end_count; i++) {
+		printf("end %s:", ends[i].name);
+		for (int p = 0; p < ends[i].port_count; p++) {
+			char mac[18];
+			format_mac(ends[i].ports[p].mac, mac);
+			printf("%s %s %s", p ? "," : "", ends[i].ports[p].interface, mac);
+		}
 		if (options->namespace[i])
 			printf(" (namespace %s)", options->namespace[i]);
-		printf(" %s", mac);
+		if (ends[i].port_count > 1)
+			printf(", one UMEM");
 		if (options->cpu[i] >= 0)
 			printf(", thread on CPU %d", options->cpu[i]);
 		printf("\n");
 	}
-	for (int i = 0; i < 2; i++) {
-		printf("port %s0: %s, %s XDP\n", ends[i].name, ends[i].port.zero_copy ? "zero-copy" : "copy mode",
-		       ends[i].port.native ? "native" : "generic");
+	FOR_EACH_PORT(ends, end_count, end, port) {
+		printf("port %s0: %s, %s XDP%s\n", port->name, port->zero_copy ? "zero-copy" : "copy mode",
+		       port->native ? "native" : "generic",
+		       end->port_count == 1 ? "" : port == end->ports ? ", its socket registered the UMEM"
+								   : ", a second socket on that UMEM");
 	}
 	printf("%s: %.1f s, %u-byte frames, %u per burst, rings %u, UMEM frames %u x %u, need_wakeup %s, "
 	       "busy poll %s\n",
@@ -54,7 +68,7 @@ void ref_report_header(const struct ref_options *options, struct ref_end ends[2]
 	fflush(stdout);
 }
 
-void ref_sample_direction(const struct ref_direction *direction, struct ref_end ends[2], enum ref_mode mode,
+void ref_sample_direction(const struct ref_direction *direction, struct ref_end *ends, enum ref_mode mode,
 			  struct ref_sample *out)
 {
 	const struct ref_flow_counters *counters = &direction->counters;
@@ -66,7 +80,7 @@ void ref_sample_direction(const struct ref_direction *direction, struct ref_end 
 	out->socket_drops = 0;
 	if (mode == REF_RX_DROP) {
 		// The socket stays open until the main thread says stop.
-		int fd = atomic_load(&ends[direction->receiver_end].port.fd);
+		int fd = atomic_load(&ends[direction->receiver_end].ports[0].fd);
 		struct xdp_statistics statistics;
 		if (fd >= 0 && cafxdp_statistics(fd, &statistics) == 0)
 			out->socket_drops = statistics.rx_dropped;
@@ -153,17 +167,43 @@ static const char *stop_reason_text(int reason, char *buffer, size_t size)
 	}
 }
 
+// Frames a port sent on for the forwarder it belongs to: l2fwd's B sends
+// them back from the port they came in on, F from its other port.
+static uint64_t forwarded_from(const struct ref_end *end, const struct ref_port *port,
+			       const struct ref_direction *directions, int count)
+{
+	uint64_t total = 0;
+	int index = (int)(port - end->ports);
+	for (int i = 0; i < count; i++) {
+		const struct ref_direction *d = &directions[i];
+		if (d->forwarder_end != end->index)
+			continue;
+		int leaving = end->port_count > 1 ? 1 - d->forwarder_port : d->forwarder_port;
+		if (leaving == index)
+			total += d->forwarder.forwarded;
+	}
+	return total;
+}
+
 static void print_json(const struct ref_options *options, struct ref_direction *directions, int count,
-		       struct ref_end ends[2], double seconds, const struct direction_result *results,
+		       struct ref_end *ends, double seconds, const struct direction_result *results,
 		       int stop_reason)
 {
+	const int end_count = ref_end_count(options);
+	bool zero_copy = true;
+	FOR_EACH_PORT(ends, end_count, end, port)
+		zero_copy &= port->zero_copy;
 	printf("{\"tool\":\"afxdp-ref\",\"mode\":\"%s\",\"seconds\":%.6f,\"requestedSeconds\":%.6f,"
 	       "\"frameSize\":%u,\"batch\":%u,\"ringSize\":%u,\"umemFrameSize\":%u,\"frames\":%u,"
 	       "\"queues\":1,\"zeroCopy\":%s,\"needWakeup\":%s,\"busyPoll\":%s,\"gbpsIncludesPreambleAndGap\":false,",
 	       ref_mode_name(options->mode), seconds, options->seconds, options->frame_size, options->batch,
 	       options->ring_size, options->umem_frame_size, options->frames,
-	       ends[0].port.zero_copy && ends[1].port.zero_copy ? "true" : "false",
+	       zero_copy ? "true" : "false",
 	       options->need_wakeup ? "true" : "false", options->busy_poll ? "true" : "false");
+	// F passes on the frames it received, from the UMEM frames they arrived
+	// in: it never copies packet data (afxdp-bench's field, same meaning).
+	if (options->mode == REF_FORWARD)
+		printf("\"copies\":0,");
 	char buffer[32];
 	const char *reason = stop_reason_text(stop_reason, buffer, sizeof(buffer));
 	if (reason)
@@ -189,14 +229,15 @@ static void print_json(const struct ref_options *options, struct ref_direction *
 		printf("}");
 	}
 	printf("],\"ports\":[");
-	for (int i = 0; i < 2; i++) {
-		const struct ref_port *port = &ends[i].port;
-		const struct ref_loop_stats *stats = &ends[i].stats;
+	int n = 0;
+	FOR_EACH_PORT(ends, end_count, end, port) {
+		const struct ref_loop_stats *stats = &port->stats;
 		printf("%s{\"end\":\"%s\",\"interface\":\"%s\",\"queue\":0,\"zeroCopy\":%s,\"nativeXDP\":%s,"
 		       "\"iterations\":%llu,\"kicks\":%llu,\"kickAgain\":%llu,\"kickBusy\":%llu,\"rxWakeups\":%llu,\"fillFull\":%llu,"
 		       "\"socketReceiveDropped\":%llu,\"socketReceiveRingFull\":%llu,\"fillRingEmpty\":%llu,"
-		       "\"invalidDescriptors\":%llu,\"programRedirected\":%llu,\"programPassed\":%llu}",
-		       i ? "," : "", ends[i].name, options->interface[i], port->zero_copy ? "true" : "false",
+		       "\"invalidDescriptors\":%llu,\"programRedirected\":%llu,\"programPassed\":%llu,"
+		       "\"forwardedPackets\":%llu}",
+		       n++ ? "," : "", end->name, port->interface, port->zero_copy ? "true" : "false",
 		       port->native ? "true" : "false", (unsigned long long)stats->iterations,
 		       (unsigned long long)stats->kicks, (unsigned long long)stats->kick_again,
 		       (unsigned long long)stats->kick_busy,
@@ -205,11 +246,12 @@ static void print_json(const struct ref_options *options, struct ref_direction *
 		       (unsigned long long)port->statistics.rx_ring_full,
 		       (unsigned long long)port->statistics.rx_fill_ring_empty_descs,
 		       (unsigned long long)(port->statistics.rx_invalid_descs + port->statistics.tx_invalid_descs),
-		       (unsigned long long)port->program_redirected, (unsigned long long)port->program_passed);
+		       (unsigned long long)port->program_redirected, (unsigned long long)port->program_passed,
+		       (unsigned long long)forwarded_from(end, port, directions, count));
 	}
 	printf("],\"errors\":[");
-	int n = 0;
-	for (int i = 0; i < 2; i++) {
+	n = 0;
+	for (int i = 0; i < end_count; i++) {
 		if (!ends[i].error[0])
 			continue;
 		printf("%s\"end %s: ", n++ ? "," : "", ends[i].name);
@@ -234,8 +276,9 @@ static void print_row(const char *const cells[], const int widths[], int columns
 }
 
 void ref_report_summary(const struct ref_options *options, struct ref_direction *directions, int count,
-			struct ref_end ends[2], double seconds, const struct ref_sample *at_stop, int stop_reason)
+			struct ref_end *ends, double seconds, const struct ref_sample *at_stop, int stop_reason)
 {
+	const int end_count = ref_end_count(options);
 	struct direction_result results[2];
 	for (int i = 0; i < count; i++)
 		compute(&directions[i], seconds, &at_stop[i], &results[i]);
@@ -283,7 +326,9 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 		printf("latency: not measured in rx-drop (frames are not read)\n");
 	} else {
 		printf("latency in microseconds (%s):\n",
-		       options->mode == REF_L2FWD ? "round trip, A's send timestamp to A's receive" : "send timestamp to receive");
+		       options->mode == REF_L2FWD     ? "round trip, A's send timestamp to A's receive"
+		       : options->mode == REF_FORWARD ? "send timestamp to receive, through F"
+						      : "send timestamp to receive");
 		const char *header[] = { "direction", "samples", "p50", "p90", "p99", "p99.9", "max", "mean" };
 		enum { COLUMNS = 8 };
 		char cells[2][COLUMNS][32];
@@ -311,10 +356,17 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 	}
 	for (int i = 0; i < count; i++) {
 		const struct direction_result *r = &results[i];
-		if (directions[i].forwarder_end >= 0)
-			printf("%s: B sent back %llu (%llu RX descriptors waited for TX room)\n", directions[i].name,
-			       (unsigned long long)directions[i].forwarder.forwarded,
-			       (unsigned long long)directions[i].forwarder.held_back);
+		const struct ref_direction *d = &directions[i];
+		if (options->mode == REF_FORWARD) {
+			const struct ref_end *f = &ends[d->forwarder_end];
+			printf("%s: F passed on %llu from %s to %s, no copy (%llu RX descriptors waited for TX room)\n",
+			       d->name, (unsigned long long)d->forwarder.forwarded,
+			       f->ports[d->forwarder_port].interface, f->ports[1 - d->forwarder_port].interface,
+			       (unsigned long long)d->forwarder.held_back);
+		} else if (d->forwarder_end >= 0) {
+			printf("%s: B sent back %llu (%llu RX descriptors waited for TX room)\n", d->name,
+			       (unsigned long long)d->forwarder.forwarded, (unsigned long long)d->forwarder.held_back);
+		}
 		if (directions[i].checked && r->gaps != (uint64_t)(r->lost > 0 ? r->lost : 0))
 			printf("%s: sequence gaps %llu\n", directions[i].name, (unsigned long long)r->gaps);
 		if (r->foreign)
@@ -330,14 +382,15 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 		const char *header[] = { "port", "iterations", "kicks", "kick again", "kick busy", "rx wakeups",
 					 "fill full", "sock drop", "rx full", "fill empty", "invalid", "xdp redir",
 					 "xdp pass" };
-		enum { COLUMNS = 13 };
-		char cells[2][COLUMNS][32];
+		enum { COLUMNS = 13, ROWS = REF_MAX_ENDS + 1 }; // F has two ports
+		char cells[ROWS][COLUMNS][32];
 		int widths[COLUMNS];
 		for (int c = 0; c < COLUMNS; c++)
 			widths[c] = (int)strlen(header[c]);
-		for (int i = 0; i < 2; i++) {
-			const struct ref_port *port = &ends[i].port;
-			const struct ref_loop_stats *stats = &ends[i].stats;
+		int rows = 0;
+		FOR_EACH_PORT(ends, end_count, end, port) {
+			const int i = rows++;
+			const struct ref_loop_stats *stats = &port->stats;
 			uint64_t values[12] = {
 				stats->iterations, stats->kicks, stats->kick_again, stats->kick_busy, stats->rx_wakeups, stats->fill_full,
 				port->statistics.rx_dropped, port->statistics.rx_ring_full,
@@ -345,7 +398,7 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 				port->statistics.rx_invalid_descs + port->statistics.tx_invalid_descs,
 				port->program_redirected, port->program_passed,
 			};
-			snprintf(cells[i][0], 32, "%s0", ends[i].name);
+			snprintf(cells[i][0], 32, "%s0", port->name);
 			for (int v = 0; v < 12; v++)
 				snprintf(cells[i][1 + v], 32, "%llu", (unsigned long long)values[v]);
 			for (int c = 0; c < COLUMNS; c++)
@@ -353,14 +406,14 @@ void ref_report_summary(const struct ref_options *options, struct ref_direction 
 					widths[c] = (int)strlen(cells[i][c]);
 		}
 		print_row(header, widths, COLUMNS);
-		for (int i = 0; i < 2; i++) {
+		for (int i = 0; i < rows; i++) {
 			const char *row[COLUMNS];
 			for (int c = 0; c < COLUMNS; c++)
 				row[c] = cells[i][c];
 			print_row(row, widths, COLUMNS);
 		}
 	}
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < end_count; i++)
 		if (ends[i].error[0])
 			printf("ERROR: end %s: %s\n", ends[i].name, ends[i].error);
 	if (options->json)
