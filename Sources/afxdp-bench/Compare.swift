@@ -20,6 +20,9 @@ struct Compare: ParsableCommand {
     @Option(help: "Packets per list (engine) and per burst (reference).") var batch = 64
     @Option(name: .customLong("ring-size"), help: "All four rings, a power of two.") var ringSize = 2048
     @Option(help: "The reference binary; default: afxdp-ref beside this binary.") var reference: String?
+    @Option(name: .customLong("cpu-a"), help: "Pin end A's thread to this CPU (both sides).") var cpuA: Int?
+    @Option(name: .customLong("cpu-b"), help: "Pin end B's thread to this CPU (both sides).") var cpuB: Int?
+    @Option(name: .customLong("cpu-f"), help: "forward: pin F's thread to this CPU (both sides).") var cpuF: Int?
     @Flag(help: "Print every figure as one JSON object on the last line.") var json = false
 
     func validate() throws {
@@ -29,6 +32,7 @@ struct Compare: ParsableCommand {
         guard rounds >= 1, rounds <= 50 else { throw ValidationError("--rounds must be 1...50") }
         guard seconds >= 1, seconds <= 600 else { throw ValidationError("--seconds must be 1...600") }
         guard (64...1514).contains(frameSize) else { throw ValidationError("--frame-size must be 64...1514") }
+        if cpuF != nil && mode != "forward" { throw ValidationError("--cpu-f is for --mode forward") }
         guard ringSize >= 64, ringSize & (ringSize - 1) == 0 else {
             throw ValidationError("--ring-size must be a power of two, at least 64")
         }
@@ -62,7 +66,9 @@ struct Compare: ParsableCommand {
             ends = (bed.interfaceA, bed.namespaceA, bed.interfaceB, bed.namespaceB)
         }
         defer { destroy() }
+        let pinning = [("--cpu-a", cpuA), ("--cpu-b", cpuB), ("--cpu-f", cpuF)].flatMap { name, cpu in cpu.map { [name, "\($0)"] } ?? [] }
         let common = ["--seconds", "\(seconds)", "--frame-size", "\(frameSize)", "--batch", "\(batch)", "--ring-size", "\(ringSize)", "--json"]
+            + pinning
         let engineArguments = [engine, mode, "--interface", ends.a, "--namespace", ends.namespaceA,
                                "--peer", ends.b, "--peer-namespace", ends.namespaceB]
             + (relay.map { ["--relay-a", $0.a, "--relay-b", $0.b, "--relay-namespace", $0.namespace] } ?? []) + common
