@@ -60,7 +60,6 @@ final class ReceiveChecker: @unchecked Sendable {
         } catch {
             fatalError("an indicated list was not the caller's: \(error)")
         }
-        received.wrappingIncrement(by: count, ordering: .releasing)
         if holding.load(ordering: .relaxed) {
             held.withLock { $0.append(indication.list) }
         } else if let handOff {
@@ -68,6 +67,9 @@ final class ReceiveChecker: @unchecked Sendable {
         } else {
             do { try indication.port.returnList(indication.list) } catch { fatalError("return failed: \(error)") }
         }
+        // Counted once the list is where others look for it: a returner that
+        // sees every frame counted must find every list in `handOff`.
+        received.wrappingIncrement(by: count, ordering: .releasing)
     }
 
     func returnHeld(to port: Port) throws {
@@ -132,6 +134,67 @@ final class CompletionChecker: @unchecked Sendable {
 /// for two cores, a larger window can lose frames in the kernel.
 let vethQueueWindow = 256
 
+/// A window of frames in flight that several sending threads share: each
+/// list takes its room before it is sent, and gets it back only when the
+/// receiving side has returned its frames. Exact, unlike a snapshot of what
+/// the others sent: the kernel drops past what the path queues.
+final class SharedWindow: Sendable {
+    let size: Int
+    /// Frames admitted so far, by every sender.
+    private let admitted = ManagedAtomic<Int>(0)
+    /// Frames received and returned so far.
+    private let returned = ManagedAtomic<Int>(0)
+
+    init(size: Int) { self.size = size }
+
+    /// Takes room for `count` frames if the window has it.
+    func admit(_ count: Int) -> Bool {
+        while true {
+            let current = admitted.load(ordering: .acquiring)
+            // `returned` only grows: a stale read errs on the safe side.
+            guard current + count - returned.load(ordering: .acquiring) <= size else { return false }
+            if admitted.compareExchange(expected: current, desired: current + count, ordering: .acquiringAndReleasing).exchanged {
+                return true
+            }
+        }
+    }
+
+    /// The receiving side has given `count` frames back.
+    func release(_ count: Int) { returned.wrappingIncrement(by: count, ordering: .releasing) }
+
+    var returnedFrames: Int { returned.load(ordering: .acquiring) }
+    var inFlight: Int { admitted.load(ordering: .acquiring) - returned.load(ordering: .acquiring) }
+}
+
+/// Where frames that did not arrive went, for a failure message: what the
+/// kernel counted as dropped (at the receiving socket, in the veth queues)
+/// against what is missing. Frames missing beyond the kernel's count are
+/// the engine's.
+func lossReport(missing: Int, sender: Port, receiver: Port, bed: VethTestbed) -> String {
+    let kernel = receiver.statistics.kernel
+    // A frame the peer's veth queue had no room for is dropped in the
+    // sender's veth_xmit and counted as its interface's tx_dropped.
+    let vethQueueDrops = (try? runCommand(
+        ["ip", "netns", "exec", bed.namespaceA, "cat", "/sys/class/net/\(bed.interfaceA)/statistics/tx_dropped"]))
+        .flatMap { Int(String($0.filter(\.isNumber))) } ?? 0
+    let socketDrops = kernel.receiveDropped + kernel.receiveRingFull
+    let kernelDrops = socketDrops + vethQueueDrops
+    var report = "\(missing) frames missing. Receiving socket: \(kernel.receiveDropped) dropped for an empty fill ring, "
+        + "\(kernel.receiveRingFull) for a full RX ring (the engine counted \(receiver.statistics.receive.dropped)); "
+        + "\(vethQueueDrops) dropped by \(bed.interfaceA)'s veth for a full peer queue. "
+    for (interface, namespace) in [(bed.interfaceA, bed.namespaceA), (bed.interfaceB, bed.namespaceB)] {
+        let counters = (try? runCommand(["ip", "netns", "exec", namespace, "ethtool", "-S", interface])) ?? "(ethtool -S failed)"
+        let drops = counters.split(separator: "\n").filter { $0.contains("drop") || $0.contains("err") }
+            .map { String($0.drop(while: { $0 == " " || $0 == "\t" })) }
+        report += "\(interface): \(drops.joined(separator: ", ")). "
+    }
+    report += missing > kernelDrops
+        ? "\(missing - kernelDrops) missing frames are not in the kernel's counts: the engine lost them."
+        : "Every missing frame was dropped by the kernel: the sender kept more in flight than the path holds."
+    report += " Sender: \(sender.statistics.send)."
+    return report
+}
+
 /// Writes test frames into a list: packet k gets sequence `first + k` of `stream`.
 func fill(_ list: PacketList, stream: Int, firstSequence: UInt64, length: Int, from: MACAddress, to: MACAddress) throws {
     try TestFrame.fill(
@@ -170,9 +233,22 @@ struct Generator {
     /// Sends what the window allows; returns how many frames it sent.
     @discardableResult
     mutating func step(receivedByPeer: Int, window: Int) throws -> Int {
+        var inFlight = sentFrames - receivedByPeer
+        return try step { count in
+            guard inFlight < window else { return false }
+            inFlight += count
+            return true
+        }
+    }
+
+    /// Sends list after list while `admit(count)` grants each one room, and
+    /// it is asked just before the send: a window several senders share
+    /// (`SharedWindow`) stays exact. Returns how many frames it sent.
+    @discardableResult
+    mutating func step(admit: (Int) -> Bool) throws -> Int {
         var sent = 0
         spare.append(contentsOf: completions.takeFree())
-        while sentFrames < total, sentFrames - receivedByPeer < window {
+        while sentFrames < total {
             let count = min(batch, total - sentFrames)
             let list: PacketList
             if let reuse = spare.popLast() {
@@ -186,6 +262,10 @@ struct Generator {
             } else {
                 guard let fresh = try port.allocateList(packetCount: count) else { break }
                 list = fresh
+            }
+            guard admit(count) else {
+                spare.append(list)
+                break
             }
             try fill(list, stream: stream, firstSequence: UInt64(sentFrames), length: length, from: from, to: to)
             try CompletionChecker.tag(list, stream: stream, number: listNumber)
