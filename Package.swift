@@ -48,6 +48,7 @@ let package = Package(
             dependencies: [
                 "AFXDPRings", "CAFXDP", "AFXDPSystem",
                 .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             plugins: ["EmbedXDPProgram"]
         ),

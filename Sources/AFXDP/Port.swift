@@ -646,3 +646,24 @@ public final class Port: @unchecked Sendable {
             largeChunksFree: send.largeChunks + receiveContext.largeChunksFree)
     }
 }
+
+extension Port: PacketPort {
+    /// A port is the bottom of every stack.
+    public var stack: StackDescription {
+        var name = "port \(configuration.interface) queue \(configuration.queue)"
+        if let namespace = configuration.networkNamespace { name += " in \(namespace)" }
+        name += isZeroCopy ? ", zero-copy" : ", copy mode"
+        return StackDescription(kind: .port, name: name)
+    }
+
+    public var umems: [UMEM] { [umem] }
+
+    /// How a driver opens a port below it: `Port.below(configuration)` is
+    /// the `LowerOpener` that opens this port with the driver's handlers.
+    public static func below(_ configuration: PortConfiguration, umem: UMEM? = nil) -> LowerOpener {
+        { handlers throws(AFXDPError) in
+            try Port.open(configuration, umem: umem, onReceive: handlers.onReceive, onSendComplete: handlers.onSendComplete)
+        }
+    }
+}
+

@@ -81,7 +81,7 @@ final class RunLedger: @unchecked Sendable {
     /// Tags the list with the next number of its stream and priority, and
     /// sends it; records the acceptance in the same locked step, so the
     /// recorded order is the acceptance order.
-    func send(_ list: PacketList, on port: Port, stream: Int, priority: Int) {
+    func send(_ list: PacketList, on port: any PacketPort, stream: Int, priority: Int) {
         lock.withLock { state in
             let key = Self.key(stream, priority)
             let number = state.nextNumber[key, default: 0]

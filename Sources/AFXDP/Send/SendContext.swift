@@ -45,22 +45,20 @@ final class SendContext: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var framesInFlight: UInt32 = 0
     /// Frames in the priority queues, not yet placed.
     @exclusivity(unchecked) private var queuedFrames: UInt32 = 0
-    /// Lists completed and not yet delivered, in completion order, as state
-    /// words (generation << 32 | slot). Passes that may not run handlers
-    /// (`send`'s) collect into it; the next pass that may delivers it as one
-    /// batch. A list is in it at most once, so `listCount` entries suffice.
-    private let completedBatch: UnsafeMutablePointer<UInt64>
-    @exclusivity(unchecked) private var completedCount = 0
-    /// Bumped after each delivery: a `SendCompletions` view made for an
-    /// earlier one reads as empty. Written by the owner, read by anyone.
-    private let deliveryEpochStorage: UnsafeMutablePointer<UInt64.AtomicRepresentation>
+    /// Lists completed and not yet delivered, in completion order. Passes
+    /// that may not run handlers (`send`'s) collect into it; the next pass
+    /// that may delivers it as one batch. A list is in it at most once, so
+    /// `listCount` entries suffice.
+    let delivery: CompletionDelivery
     let socketFD: Int32
     let kickOnlyWhenAsked: Bool
     let onComplete: @Sendable (SendCompletions) -> Void
     /// The port this region belongs to; set once, right after the port is
     /// made (never in tests that drive a send region alone). The port owns
     /// this region, so it outlives every pass.
-    @exclusivity(unchecked) unowned(unsafe) var port: Port?
+    @exclusivity(unchecked) unowned(unsafe) var port: Port? {
+        didSet { delivery.port = port }
+    }
 
     // MARK: Counters (owner writes, anyone reads)
     let counters: SendCounters
@@ -85,9 +83,7 @@ final class SendContext: @unchecked Sendable {
         queueTails.initialize(repeating: noSlot, count: 8)
         inFlightNext = .allocate(capacity: table.listCount)
         inFlightNext.initialize(repeating: noSlot, count: table.listCount)
-        completedBatch = .allocate(capacity: table.listCount)
-        deliveryEpochStorage = .allocate(capacity: 8)
-        deliveryEpochStorage.initialize(repeating: .init(0), count: 8)
+        delivery = CompletionDelivery(tables: [listTable], capacity: table.listCount)
         counters = SendCounters()
         _ = leadingPadding
         _ = trailingPadding
@@ -97,17 +93,13 @@ final class SendContext: @unchecked Sendable {
         queueHeads.deallocate()
         queueTails.deallocate()
         inFlightNext.deallocate()
-        completedBatch.deallocate()
-        deliveryEpochStorage.deallocate()
     }
 
     /// Lists queued or in flight (not counting completed ones awaiting delivery).
     var hasWork: Bool { inFlightHead != noSlot || hasQueued }
 
     /// Completed lists not yet delivered to the handler.
-    var hasUndelivered: Bool { completedCount > 0 }
-
-    var deliveryEpoch: UnsafeAtomic<UInt64> { UnsafeAtomic(at: deliveryEpochStorage) }
+    var hasUndelivered: Bool { delivery.count > 0 }
 
     // MARK: The pass
 
@@ -415,7 +407,7 @@ final class SendContext: @unchecked Sendable {
     private func collectCompleted() -> Bool {
         var packets = 0
         var bytes = 0
-        let before = completedCount
+        let before = delivery.count
         while inFlightHead != noSlot {
             let slot = inFlightHead
             let record = table.lists + Int(slot)
@@ -434,11 +426,10 @@ final class SendContext: @unchecked Sendable {
             }
             // Still the engine's until delivered: the caller learns of it
             // only then, and must not find it sendable before.
-            completedBatch[completedCount] = UInt64(table.generation(of: slot)) << 32 | UInt64(slot)
-            completedCount += 1
+            delivery.append(table: 0, slot: slot, generation: table.generation(of: slot))
         }
         if packets > 0 { counters.add(packets: packets, bytes: bytes) }
-        return completedCount > before
+        return delivery.count > before
     }
 
     /// Hands the completed lists to the completion handler as one batch, in
@@ -447,29 +438,16 @@ final class SendContext: @unchecked Sendable {
     /// order. Returns whether there was anything to deliver.
     @discardableResult
     func deliver() -> Bool {
-        guard completedCount > 0 else { return false }
-        let count = completedCount
+        let count = delivery.count
+        guard count > 0 else { return false }
         counters.add(completedLists: count)
         // The lists become the caller's as they are handed over.
         for index in 0..<count {
-            let word = completedBatch[index]
-            table.setState(UInt32(truncatingIfNeeded: word), .caller, generation: UInt32(truncatingIfNeeded: word >> 32))
+            let (_, slot, generation) = delivery.entry(at: index)
+            table.setState(slot, .caller, generation: generation)
         }
-        let epoch = deliveryEpoch.load(ordering: .relaxed)
-        let batch = SendCompletions(port: port, context: self, count: count, epoch: epoch)
-        HandlerContext.run { onComplete(batch) }
-        // The handler cannot have run a pass of this region (this thread owns
-        // it), so nothing was added to the batch meanwhile.
-        completedCount = 0
-        deliveryEpoch.store(epoch &+ 1, ordering: .releasing)
+        delivery.deliver(to: onComplete)
         return true
-    }
-
-    /// The batch being delivered, for `SendCompletions`.
-    @inline(__always)
-    func completed(at index: Int) -> (slot: UInt32, generation: UInt32) {
-        let word = completedBatch[index]
-        return (UInt32(truncatingIfNeeded: word), UInt32(truncatingIfNeeded: word >> 32))
     }
 
     /// Close, right before the socket goes: one last look at the completion

@@ -205,7 +205,7 @@ func fill(_ list: PacketList, stream: Int, firstSequence: UInt64, length: Int, f
 /// lists, keeping at most `window` frames sent and not yet received by
 /// `receiver`. Each list is tagged for the completion checker.
 struct Generator {
-    let port: Port
+    let port: any PacketPort
     let completions: CompletionChecker
     let stream: Int
     let total: Int
@@ -217,7 +217,7 @@ struct Generator {
     var listNumber: UInt64 = 0
     var spare: [PacketList] = []
 
-    init(port: Port, completions: CompletionChecker, stream: Int = 0, total: Int, batch: Int, length: Int = 64, from: MACAddress, to: MACAddress) {
+    init(port: any PacketPort, completions: CompletionChecker, stream: Int = 0, total: Int, batch: Int, length: Int = 64, from: MACAddress, to: MACAddress) {
         self.port = port
         self.completions = completions
         self.stream = stream
