@@ -18,8 +18,9 @@ struct AFXDPBench: ParsableCommand {
             (CLOCK_MONOTONIC) and a checked payload.
 
             One thread per end (pin them with --cpu-a/--cpu-b); with --queues 2 each \
-            end's thread serves both of its ports. Loss is what was sent (completed) \
-            and never arrived; bound it with --window for a lossless run.
+            end's thread serves a multi-queue port over both of its queues. Loss is \
+            what was sent (completed) and never arrived; bound it with --window for a \
+            lossless run. The report names the stack each end ran through.
             """,
         subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Forward.self, Sweep.self, Compare.self, CountInstructions.self],
         defaultSubcommand: Duplex.self)
@@ -59,15 +60,25 @@ struct AFXDPBench: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "A sends to B and B to A through F, which forwards between its two interfaces over one UMEM, without a copy.",
             discussion: """
-                Builds three namespaces in a row, A - F - B, joined by two veth pairs. F opens \
-                a port on each of its two interfaces, both on one UMEM: a list received on one \
-                is sent on the other from the frames it arrived in, and goes home to the first \
-                port's fill ring once sent. F runs on its own thread (pin it with --cpu-f). \
-                `copies` in the report counts frames F sent from its own send pool: 0.
+                Builds three namespaces in a row, A - F - B, joined by two veth pairs. F is a \
+                Bridge over a port on each of its two interfaces, both on one UMEM: a list \
+                received on one is sent on the other from the frames it arrived in, and goes \
+                home to the first port's fill ring once sent. F runs on its own thread (pin it \
+                with --cpu-f). `copies` in the report is the frames the bridge copied: 0.
                 """)
         @OptionGroup var options: BenchOptions
         func run() throws { try Benchmark.run(mode: .forward, options: options) }
     }
+}
+
+/// An intermediate driver stacked on each end.
+enum Through: String, Sendable, ExpressibleByArgument, CaseIterable {
+    case none, filter, classifier
+}
+
+/// forward: how F passes frames between its two ports.
+enum RelayKind: String, Sendable, ExpressibleByArgument, CaseIterable {
+    case bridge, bare
 }
 
 enum Mode: String, Sendable {
@@ -104,8 +115,14 @@ struct BenchOptions: ParsableArguments {
     @Option(name: .customLong("umem-frame-size"), help: "UMEM frame size: 2048 or 4096.")
     var umemFrameSize: Int = 4096
 
-    @Option(help: "Queues per end (1 or 2); one port per queue, and one flow with its own sequence numbers per queue and direction.")
+    @Option(help: "Queues per end (1 or 2); with 2, a multi-queue port over one port per queue (one UMEM), and one flow with its own sequence numbers per queue and direction.")
     var queues: Int = 1
+
+    @Option(help: "An intermediate driver stacked on each end: none, filter (pass-through) or classifier (802.1p priority from the frames).")
+    var through: Through = .none
+
+    @Option(help: "forward: what F runs, a Bridge driver (bridge) or its own handlers relaying between two ports (bare).")
+    var relay: RelayKind = .bridge
 
     @Flag(help: "Copy mode only (XDP_COPY).")
     var copy = false

@@ -163,8 +163,17 @@ final class Session {
     let options: BenchOptions
     let endpoints: [Endpoint]
     private(set) var directions: [DirectionPlan] = []
-    /// ports[end][queue]; in forward mode F's are [facing A, facing B].
+    /// What each end's thread drives: its port, or the stack on its ports
+    /// (a multi-queue port, a filter or classifier above, F's bridge).
+    private(set) var tops: [any PacketPort]
+    /// What each end's thread polls: its top (F with `--relay bare`: its two ports).
+    private var polled: [[any PacketPort]] = []
+    /// The ports at the bottom of each end's stack, for the report:
+    /// ports[end][queue]; F's are [facing A, facing B].
     private(set) var ports: [[Port]]
+    /// Per end: the senders of its flows, in queue order (multi-queue
+    /// completions find their flow's generator here).
+    private var senderTables: [UnsafeMutablePointer<UnsafeMutablePointer<SenderState>>] = []
     private let control = RunControl()
     /// The per-second rates, for --plot.
     private(set) var timeline = Timeline()
@@ -175,6 +184,7 @@ final class Session {
         self.options = options
         self.endpoints = endpoints
         ports = endpoints.map { _ in [] }
+        tops = []
         switch mode {
         case .duplex:
             directions = [
@@ -212,14 +222,63 @@ final class Session {
     // MARK: Open
 
     func open() throws {
-        for end in 0..<2 {
-            // With two queues, an end's ports share one UMEM.
-            let umem = options.queues > 1 ? try makeUMEM(ports: options.queues) : nil
-            for queue in 0..<options.queues {
-                ports[end].append(try openPort(end: end, queue: queue, umem: umem))
+        for end in 0..<2 { tops.append(try openEnd(end)) }
+        polled = tops.map { [$0] }
+        if mode == .forward {
+            if options.relay == .bare {
+                let relayPorts = try openRelay(end: 2)
+                tops.append(relayPorts[0])
+                polled.append(relayPorts)
+                ports[2] = relayPorts
+            } else {
+                tops.append(try openBridge(end: 2))
+                polled.append([tops[2]])
             }
         }
-        if mode == .forward { try openRelay(end: 2) }
+        for (end, top) in tops.enumerated() where !(mode == .forward && end == 2 && options.relay == .bare) {
+            ports[end] = Self.bottomPorts(of: top)
+        }
+    }
+
+    /// forward --relay bare: F's two ports on one UMEM, each relaying what it
+    /// receives to the other with the benchmark's own handlers (no driver).
+    private func openRelay(end: Int) throws -> [Port] {
+        let endpoint = endpoints[end]
+        guard let second = endpoint.secondInterface else { throw BenchError("forward: F has one interface") }
+        let umem = try makeUMEM(ports: 2)
+        // relays[i]: the direction whose frames port i receives (and the other sends).
+        let relays = [flow(0, queue: 0).relay!, flow(1, queue: 0).relay!]
+        var opened: [Port] = []
+        for (index, interface) in [endpoint.interface, second].enumerated() {
+            let receiving = relays[index], sending = relays[1 - index]
+            do {
+                opened.append(try Port.open(
+                    configuration(interface: interface, queue: 0, namespace: endpoint.namespace), umem: umem,
+                    onReceive: { Relay.receive(receiving.pointer, $0) },
+                    onSendComplete: { Relay.completed(sending.pointer, $0) }))
+            } catch {
+                for port in opened { port.close() }
+                throw BenchError("cannot open F's port on \(interface) in namespace \(endpoint.namespace ?? "-"): \(error)")
+            }
+        }
+        // Port i's receives go out on the other port.
+        relays[0].pointer.pointee.out = Unmanaged.passUnretained(opened[1])
+        relays[1].pointer.pointee.out = Unmanaged.passUnretained(opened[0])
+        return opened
+    }
+
+    /// The ports at the bottom of a stack, in binding order.
+    static func bottomPorts(of top: any PacketPort) -> [Port] {
+        if let port = top as? Port { return [port] }
+        if let driver = top as? IntermediateDriver { return driver.bindings.flatMap { bottomPorts(of: $0) } }
+        return []
+    }
+
+    /// The first multi-queue port in a stack, if any.
+    static func multiQueuePort(in top: any PacketPort) -> MultiQueuePort? {
+        if let mux = top as? MultiQueuePort { return mux }
+        if let driver = top as? IntermediateDriver { return driver.bindings.lazy.compactMap { multiQueuePort(in: $0) }.first }
+        return nil
     }
 
     /// The configuration every port of the run starts from.
@@ -248,85 +307,122 @@ final class Session {
         }
     }
 
-    /// forward: F's two ports, on one UMEM, each relaying what it receives to the other.
-    private func openRelay(end: Int) throws {
+    /// forward: F, a bridge over a port on each of its two interfaces, both
+    /// on one UMEM: what one side receives goes out on the other, no copy.
+    private func openBridge(end: Int) throws -> Bridge {
         let endpoint = endpoints[end]
-        guard let second = endpoint.secondInterface else { return }
+        guard let second = endpoint.secondInterface else { throw BenchError("forward: F has one interface") }
         let umem = try makeUMEM(ports: 2)
-        // relays[i]: the direction whose frames port i receives (and the other sends).
-        let relays = [flow(0, queue: 0).relay!, flow(1, queue: 0).relay!]
-        for (index, interface) in [endpoint.interface, second].enumerated() {
-            let receiving = relays[index], sending = relays[1 - index]
-            do {
-                ports[end].append(try Port.open(
-                    configuration(interface: interface, queue: 0, namespace: endpoint.namespace), umem: umem,
-                    onReceive: { Relay.receive(receiving.pointer, $0) },
-                    onSendComplete: { Relay.completed(sending.pointer, $0) }))
-            } catch {
-                throw BenchError("cannot open F's port on \(interface) in namespace \(endpoint.namespace ?? "-"): \(error)")
-            }
+        do {
+            return try Bridge.open(
+                a: configuration(interface: endpoint.interface, queue: 0, namespace: endpoint.namespace),
+                b: configuration(interface: second, queue: 0, namespace: endpoint.namespace), umem: umem,
+                onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: { batch in for list in batch { try? batch.port.returnList(list) } })
+        } catch {
+            throw BenchError("cannot open F's bridge on \(endpoint.interface) and \(second) in namespace \(endpoint.namespace ?? "-"): \(error)")
         }
-        // Port i's receives go out on the other port.
-        relays[0].pointer.pointee.out = Unmanaged.passUnretained(ports[end][1])
-        relays[1].pointer.pointee.out = Unmanaged.passUnretained(ports[end][0])
     }
 
-    private func openPort(end: Int, queue: Int, umem: UMEM?) throws -> Port {
+    /// Opens one end: a port, or a multi-queue port over its queues, with
+    /// the `--through` driver on top; then gives its senders their lists.
+    private func openEnd(_ end: Int) throws -> any PacketPort {
         let endpoint = endpoints[end]
-        let configuration = configuration(interface: endpoint.interface, queue: queue, namespace: endpoint.namespace)
-
+        let queues = options.queues
         let sending = directions.firstIndex { $0.senderEnd == end }
         let receiving = directions.firstIndex { $0.receiverEnd == end }
         let forwarding = directions.firstIndex { $0.forwarderEnd == end }
-        let sender = sending.map { flow($0, queue: queue).sender }
-        let receiver = receiving.map { flow($0, queue: queue).receiver }
-        let forwarder = forwarding.flatMap { flow($0, queue: queue).forwarder }
+        let senders = (0..<queues).compactMap { queue in sending.map { flow($0, queue: queue).sender } }
+        let receivers = (0..<queues).compactMap { queue in receiving.map { flow($0, queue: queue).receiver } }
+        let forwarders = (0..<queues).compactMap { queue in forwarding.flatMap { flow($0, queue: queue).forwarder } }
 
+        var lower: LowerOpener
+        if queues > 1 {
+            let umem = try makeUMEM(ports: queues)
+            lower = MultiQueuePort.below(
+                configuration(interface: endpoint.interface, queue: 0, namespace: endpoint.namespace), queues: queues, umem: umem,
+                flowHash: { list in UInt32(truncatingIfNeeded: Generator.flow(of: list)) })
+        } else {
+            lower = Port.below(configuration(interface: endpoint.interface, queue: 0, namespace: endpoint.namespace))
+        }
+        switch options.through {
+        case .none: break
+        case .filter: lower = FilterDriver.below(name: "filter (pass-through)", over: lower)
+        case .classifier: lower = PriorityClassifier.below(over: lower)
+        }
+
+        // Which flow a received list belongs to: its queue, which only the
+        // multi-queue port knows (set once it is open).
+        let arrival = ArrivalQueue()
         let onReceive: @Sendable (ReceiveIndication) -> Void
-        if let forwarder {
+        if queues == 1, let forwarder = forwarders.first {
             onReceive = { Forwarder.forward(forwarder.pointer, $0) }
-        } else if let receiver {
+        } else if queues == 1, let receiver = receivers.first {
             if mode == .rxDrop {
                 let frameLength = options.frameSize
                 onReceive = { Receiver.drop(receiver.pointer, $0, frameLength: frameLength) }
             } else {
                 onReceive = { Receiver.check(receiver.pointer, $0) }
             }
+        } else if !forwarders.isEmpty {
+            onReceive = { indication in
+                // Back out on the queue it came in on: the flow hash reads the list's flow.
+                let queue = arrival.queue(of: indication.list)
+                try? indication.list.contextArea.storeBytes(of: UInt64(queue), as: UInt64.self)
+                Forwarder.forward(forwarders[queue].pointer, indication)
+            }
+        } else if !receivers.isEmpty {
+            let drop = mode == .rxDrop
+            let frameLength = options.frameSize
+            onReceive = { indication in
+                let receiver = receivers[arrival.queue(of: indication.list)].pointer
+                if drop { Receiver.drop(receiver, indication, frameLength: frameLength) } else { Receiver.check(receiver, indication) }
+            }
         } else {
             onReceive = { try? $0.port.returnList($0.list) }  // nothing is sent to this end
         }
         let onSendComplete: @Sendable (SendCompletions) -> Void
-        if let forwarder {
+        if let forwarder = forwarders.first {
+            // l2fwd: every flow's forwarded lists go back to the receive side the same way.
             onSendComplete = { Forwarder.completed(forwarder.pointer, $0) }
-        } else if let sender {
+        } else if queues == 1, let sender = senders.first {
             onSendComplete = { Generator.completed(sender.pointer, $0) }
+        } else if !senders.isEmpty {
+            let table = UnsafeMutablePointer<UnsafeMutablePointer<SenderState>>.allocate(capacity: senders.count)
+            table.initialize(from: senders.map(\.pointer), count: senders.count)
+            senderTables.append(table)
+            let flows = senders.count
+            let owned = Owned(pointer: table)
+            onSendComplete = { Generator.completed(UnsafePointer(owned.pointer), flows: flows, $0) }
         } else {
             onSendComplete = { _ in }
         }
 
-        let port: Port
+        let top: any PacketPort
         do {
-            port = try Port.open(configuration, umem: umem, onReceive: onReceive, onSendComplete: onSendComplete)
+            top = try lower(PortHandlers(onReceive: onReceive, onSendComplete: onSendComplete))
         } catch {
             let place = endpoint.namespace.map { " in namespace \($0)" } ?? ""
-            throw BenchError("cannot open end \(endpoint.name) (\(endpoint.interface) queue \(queue)\(place)): \(error)")
+            throw BenchError("cannot open end \(endpoint.name) (\(endpoint.interface), \(queues) queue(s)\(place)): \(error)")
         }
-        forwarder?.pointer.pointee.port = port
-        if let sender, let sending {
+        arrival.multiQueuePort = Self.multiQueuePort(in: top)
+        for forwarder in forwarders { forwarder.pointer.pointee.port = top }
+        if let sending {
             let peer = endpoints[directions[sending].forwarderEnd ?? directions[sending].receiverEnd]
-            var lists: [PacketList] = []
-            while lists.count < sender.pointer.pointee.capacity, let list = try port.allocateList(packetCount: options.batch) {
-                try TestFrame.fill(
-                    list, length: options.frameSize, firstSequence: 0, source: endpoint.macAddress, destination: peer.macAddress)
-                lists.append(list)
+            for (queue, sender) in senders.enumerated() {
+                var lists: [PacketList] = []
+                while lists.count < sender.pointer.pointee.capacity, let list = try top.allocateList(packetCount: options.batch) {
+                    try TestFrame.fill(
+                        list, length: options.frameSize, firstSequence: 0, source: endpoint.macAddress, destination: peer.macAddress)
+                    lists.append(list)
+                }
+                guard !lists.isEmpty else {
+                    top.close()
+                    throw BenchError("end \(endpoint.name): the send pool has no room for one list of \(options.batch) packets; lower --batch")
+                }
+                try sender.pointer.pointee.attach(port: top, flow: queue, lists: lists)
             }
-            guard !lists.isEmpty else {
-                port.close()
-                throw BenchError("end \(endpoint.name): the send pool has no room for one list of \(options.batch) packets; lower --batch")
-            }
-            sender.pointer.pointee.attach(port: port, lists: lists)
         }
-        return port
+        return top
     }
 
     // MARK: Run
@@ -342,12 +438,29 @@ final class Session {
         control.hardDeadline.store(
             monotonicNanoseconds() + UInt64(seconds * 1e9) + drainLimit + 5_000_000_000, ordering: .relaxed)
         for end in endpoints.indices {
-            let ports = self.ports[end]
+            let ports = polled[end]
             let senders = directions.filter { $0.senderEnd == end }.flatMap { $0.flows.map(\.sender) }
             let receivers = mode == .rxDrop || mode == .txOnly && end == 1
                 ? [] : directions.filter { $0.receiverEnd == end }.flatMap { $0.flows.map(\.receiver) }
             let control = self.control
             let listsPerPass = options.listsPerPass
+            if threadPerQueue(end), let mux = Self.multiQueuePort(in: tops[end]) {
+                // tx-only over a multi-queue port: one sending thread per queue,
+                // each on a core of its own, driving its queue's port.
+                let cpus = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+                for (queue, sender) in senders.enumerated() {
+                    var lists: [PacketList] = []
+                    lists.reserveCapacity(sender.pointer.pointee.capacity)
+                    sender.pointer.pointee.inbox = Locked(Inbox(lists: lists))
+                    let own: [any PacketPort] = [mux.bindings[queue], ports[0]]
+                    let thread = try startThread {
+                        EndLoop.run(ports: own, senders: [sender], receivers: [], listsPerPass: listsPerPass, control: control)
+                    }
+                    threads.append(thread)
+                    try pin(thread, toCPU: endpoints[end].cpu.map { ($0 + queue) % cpus } ?? queue % cpus)
+                }
+                continue
+            }
             let thread = try startThread {
                 EndLoop.run(
                     ports: ports, senders: senders, receivers: receivers, listsPerPass: listsPerPass, control: control)
@@ -406,6 +519,11 @@ final class Session {
         return collect(elapsed: stopped - start, atStop: atStop)
     }
 
+    /// Whether an end runs a thread per queue: the sending end of tx-only
+    /// over a multi-queue port (a queue's sending is a core's work: the
+    /// kernel copies each frame in the sender's kick).
+    func threadPerQueue(_ end: Int) -> Bool { mode == .txOnly && end == 0 && options.queues > 1 }
+
     /// What the counters say now, per direction (cheap enough once a second).
     func sample() -> [DirectionSample] {
         directions.map { direction in
@@ -417,6 +535,10 @@ final class Session {
                 sample.receivedBytes += flow.counters.receivedBytes.load(ordering: .relaxed)
                 sample.gaps += flow.counters.gaps.load(ordering: .relaxed)
                 sample.forwarded += flow.counters.forwardedPackets.load(ordering: .relaxed)
+            }
+            if let relay = direction.relayEnd, ports[relay].count == 2 {
+                // forward: what F's bridge sent out of the side facing the receiver.
+                sample.forwarded = ports[relay][direction.receiverEnd == 1 ? 1 : 0].statistics.send.packets
             }
             let sendingEnds = [direction.senderEnd] + [direction.forwarderEnd, direction.relayEnd].compactMap { $0 }
             let receivingEnds = [direction.receiverEnd] + [direction.forwarderEnd, direction.relayEnd].compactMap { $0 }
@@ -463,12 +585,8 @@ final class Session {
                 if let error = receiver.pointee.firstError {
                     errors.append("\(direction.name) queue \(flow.queue): returnList refused \(receiver.pointee.returnErrors) time(s): \(error)")
                 }
-                if let relay = flow.relay?.pointer {
-                    result.forwardedPackets = (result.forwardedPackets ?? 0) + relay.pointee.forwardedPackets
-                    result.unforwardedPackets = (result.unforwardedPackets ?? 0) + relay.pointee.failedPackets
-                    if let error = relay.pointee.firstError {
-                        errors.append("\(direction.name): F's relay refused \(relay.pointee.sendErrors + relay.pointee.returnErrors) time(s): \(error)")
-                    }
+                if let relay = flow.relay?.pointer, let error = relay.pointee.firstError {
+                    errors.append("\(direction.name): F's relay refused \(relay.pointee.sendErrors + relay.pointee.returnErrors) time(s): \(error)")
                 }
                 if let forwarder = flow.forwarder?.pointer {
                     result.forwardedPackets = (result.forwardedPackets ?? 0) + forwarder.pointee.forwardedPackets
@@ -478,6 +596,11 @@ final class Session {
                             + "\(forwarder.pointee.sendErrors + forwarder.pointee.returnErrors) time(s): \(error)")
                     }
                 }
+            }
+            if let relay = direction.relayEnd, ports[relay].count == 2 {
+                let side = ports[relay][direction.receiverEnd == 1 ? 1 : 0].statistics.send
+                result.forwardedPackets = side.packets
+                result.unforwardedPackets = side.dropped
             }
             result.lost = result.sentPackets - result.packets
             result.lossPercent = rounded(result.sentPackets > 0 ? Double(result.lost) * 100 / Double(result.sentPackets) : 0, 4)
@@ -534,7 +657,11 @@ final class Session {
             busyPoll: options.busyPoll, window: options.window, gbpsIncludesPreambleAndGap: options.wireOverhead,
             stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),
             directions: results, ports: portResults,
-            copies: mode == .forward ? ports[2].reduce(0) { $0 + $1.statistics.send.packets - $1.statistics.send.forwardedPackets } : nil,
+            copies: mode == .forward
+                ? ((tops[2] as? IntermediateDriver)?.layerStatistics.copiedFrames
+                    ?? ports[2].reduce(0) { $0 + $1.statistics.send.packets - $1.statistics.send.forwardedPackets })
+                : nil,
+            stacks: tops.enumerated().map { end, top in StackReport(end: endpoints[end].name, stack: top.stack) },
             errors: errors)
     }
 
@@ -550,8 +677,12 @@ final class Session {
         guard !closed else { return }
         closed = true
         control.phase.store(RunControl.stopped, ordering: .releasing)
-        for port in ports.joined() { port.close() }
+        for top in polled.joined() { top.close() }
+        tops = []
+        polled = []
         ports = ports.map { _ in [] }
+        for table in senderTables { table.deallocate() }
+        senderTables = []
         for direction in directions {
             for flow in direction.flows {
                 flow.sender.pointer.pointee.releaseStorage()
@@ -575,3 +706,15 @@ struct DirectionSample: Equatable {
     var queued = 0
     var socketDrops = 0
 }
+
+/// Which queue a received list came in on: what a multi-queue end's receive
+/// handler dispatches on (each queue has its own flow). Set once the end is
+/// open, before any traffic; read by that end's thread only.
+final class ArrivalQueue: @unchecked Sendable {
+    // @unchecked: written once before traffic starts, then only read.
+    unowned(unsafe) var multiQueuePort: MultiQueuePort?
+
+    @inline(__always)
+    func queue(of list: PacketList) -> Int { multiQueuePort?.arrivalQueue(of: list) ?? 0 }
+}
+

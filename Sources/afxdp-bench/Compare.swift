@@ -20,6 +20,12 @@ struct Compare: ParsableCommand {
     @Option(help: "Packets per list (engine) and per burst (reference).") var batch = 64
     @Option(name: .customLong("ring-size"), help: "All four rings, a power of two.") var ringSize = 2048
     @Option(help: "The reference binary; default: afxdp-ref beside this binary.") var reference: String?
+    @Option(help: "What the engine is compared with: reference (afxdp-ref) or engine (the engine itself, with --baseline-extra).")
+    var against = "reference"
+    @Option(name: .customLong("engine-extra"), help: "More afxdp-bench options for the engine's runs, e.g. \"--through filter\".")
+    var engineExtra = ""
+    @Option(name: .customLong("baseline-extra"), help: "With --against engine: more afxdp-bench options for the baseline's runs, e.g. \"--relay bare\".")
+    var baselineExtra = ""
     @Option(name: .customLong("cpu-a"), help: "Pin end A's thread to this CPU (both sides).") var cpuA: Int?
     @Option(name: .customLong("cpu-b"), help: "Pin end B's thread to this CPU (both sides).") var cpuB: Int?
     @Option(name: .customLong("cpu-f"), help: "forward: pin F's thread to this CPU (both sides).") var cpuF: Int?
@@ -33,6 +39,10 @@ struct Compare: ParsableCommand {
         guard seconds >= 1, seconds <= 600 else { throw ValidationError("--seconds must be 1...600") }
         guard (64...1514).contains(frameSize) else { throw ValidationError("--frame-size must be 64...1514") }
         if cpuF != nil && mode != "forward" { throw ValidationError("--cpu-f is for --mode forward") }
+        guard against == "reference" || against == "engine" else { throw ValidationError("--against must be reference or engine") }
+        if against == "reference" && !baselineExtra.isEmpty {
+            throw ValidationError("--baseline-extra goes with --against engine (the reference takes no engine options)")
+        }
         guard ringSize >= 64, ringSize & (ringSize - 1) == 0 else {
             throw ValidationError("--ring-size must be a power of two, at least 64")
         }
@@ -69,15 +79,20 @@ struct Compare: ParsableCommand {
         let pinning = [("--cpu-a", cpuA), ("--cpu-b", cpuB), ("--cpu-f", cpuF)].flatMap { name, cpu in cpu.map { [name, "\($0)"] } ?? [] }
         let common = ["--seconds", "\(seconds)", "--frame-size", "\(frameSize)", "--batch", "\(batch)", "--ring-size", "\(ringSize)", "--json"]
             + pinning
-        let engineArguments = [engine, mode, "--interface", ends.a, "--namespace", ends.namespaceA,
+        let engineBase = [engine, mode, "--interface", ends.a, "--namespace", ends.namespaceA,
                                "--peer", ends.b, "--peer-namespace", ends.namespaceB]
             + (relay.map { ["--relay-a", $0.a, "--relay-b", $0.b, "--relay-namespace", $0.namespace] } ?? []) + common
-        let referenceArguments = [referencePath, mode, "--interface-a", ends.a, "--namespace-a", ends.namespaceA,
+        let extra = { (text: String) in text.split(separator: " ").map(String.init) }
+        let baselineArguments = engineBase + extra(baselineExtra)
+        let engineArguments = engineBase + extra(engineExtra)
+        let referenceArguments = against == "engine" ? baselineArguments : [referencePath, mode, "--interface-a", ends.a, "--namespace-a", ends.namespaceA,
                                   "--interface-b", ends.b, "--namespace-b", ends.namespaceB]
             + (relay.map { ["--interface-fa", $0.a, "--interface-fb", $0.b, "--namespace-f", $0.namespace] } ?? [])
             + ["--xdp-object", object.path] + common
 
-        print("compare: \(mode), \(frameSize)-byte frames, \(seconds) s per run, \(rounds) rounds, engine and reference alternating")
+        let versus = against == "engine" ? "the engine with \(baselineExtra.isEmpty ? "no extra options" : baselineExtra)" : "the C reference"
+        print("compare: \(mode), \(frameSize)-byte frames, \(seconds) s per run, \(rounds) rounds, "
+              + "engine\(engineExtra.isEmpty ? "" : " with \(engineExtra)") and reference (\(versus)) alternating")
         var samples: [String: [(engine: Double, reference: Double)]] = [:]
         var order: [String] = []
         for round in 1...rounds {
@@ -98,6 +113,7 @@ struct Compare: ParsableCommand {
                     let mpps = (direction["mpps"] as? NSNumber)?.doubleValue ?? 0
                     byMetric["\(name) Mpps"] = mpps
                     total += mpps
+                    if mode == "tx-only", let tx = (direction["txMpps"] as? NSNumber)?.doubleValue { byMetric["\(name) tx Mpps"] = tx }
                     if let latency = direction["latencyMicroseconds"] as? [String: Any],
                        let p50 = (latency["p50"] as? NSNumber)?.doubleValue {
                         byMetric["\(name) p50 µs"] = p50

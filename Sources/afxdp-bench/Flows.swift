@@ -72,10 +72,15 @@ final class FlowCounters: Sendable {
 // MARK: - Generator
 
 struct SenderState {
-    /// Set right after the port opens, with the lists; before any traffic.
-    /// Unretained: the session holds the port for longer than any traffic.
-    var port: Unmanaged<Port>?
+    /// Set right after the port (or the stack on it) opens, with the lists;
+    /// before any traffic. Unretained: the session holds it for longer than
+    /// any traffic.
+    unowned(unsafe) var port: (any PacketPort)?
     let counters: FlowCounters
+    /// With a thread of its own per flow (tx-only over a multi-queue port),
+    /// completions may be delivered on another flow's thread: they wait here
+    /// for this flow's thread, which takes them at its next `generate`.
+    var inbox: Locked<Inbox>?
     /// Lists that are ours (completed, or never sent): a stack.
     let lists: UnsafeMutablePointer<PacketList>
     let capacity: Int
@@ -104,10 +109,13 @@ struct SenderState {
     }
 
     /// Gives the generator its port and its lists (already written with
-    /// addresses, EtherType and length).
-    mutating func attach(port: Port, lists initial: [PacketList]) {
+    /// addresses, EtherType and length). Each list's context area says its
+    /// flow (a multi-queue port's flow hash reads it; the lists stay this
+    /// flow's for the whole run).
+    mutating func attach(port: any PacketPort, flow: Int, lists initial: [PacketList]) throws {
         precondition(initial.count <= capacity && totalLists == 0)
-        self.port = Unmanaged.passUnretained(port)
+        for list in initial { try list.contextArea.storeBytes(of: UInt64(flow), as: UInt64.self) }
+        self.port = port
         lists.initialize(from: initial, count: initial.count)
         freeLists = initial.count
         totalLists = initial.count
@@ -132,6 +140,7 @@ enum Generator {
     @inline(__always) @discardableResult
     static func generate(_ state: UnsafeMutablePointer<SenderState>, maximumLists: Int) -> Int {
         guard let port = state.pointee.port else { return 0 }
+        if let inbox = state.pointee.inbox { takeInbox(state, inbox) }
         let frameLength = state.pointee.frameLength
         var sent = 0
         while sent < maximumLists, state.pointee.freeLists > 0 {
@@ -148,7 +157,7 @@ enum Generator {
                 }
                 state.pointee.nextSequence = sequence
                 // Runs no handler: completions come from this thread's poll.
-                try port._withUnsafeGuaranteedRef { try $0.send(list) }
+                try port.send(list)
                 sent += 1
             } catch {
                 // The engine refuses only bad input: a bug here or there. Keep
@@ -186,6 +195,57 @@ enum Generator {
         return false
     }
 
+    /// The flow a list of this run belongs to (see `attach`).
+    @inline(__always)
+    static func flow(of list: PacketList) -> Int {
+        Int(truncatingIfNeeded: ((try? list.contextArea)?.load(as: UInt64.self)) ?? 0)
+    }
+
+    /// Completions another thread left for this flow: the lists are ours again.
+    private static func takeInbox(_ state: UnsafeMutablePointer<SenderState>, _ inbox: Locked<Inbox>) {
+        let (sent, failed) = inbox.withLock { box -> (Int, Int) in
+            for list in box.lists {
+                state.pointee.lists[state.pointee.freeLists] = list
+                state.pointee.freeLists += 1
+            }
+            box.lists.removeAll(keepingCapacity: true)
+            defer { box.sent = 0; box.failed = 0 }
+            return (box.sent, box.failed)
+        }
+        guard sent + failed > 0 else { return }
+        state.pointee.sentPackets += sent
+        state.pointee.failedPackets += failed
+        let total = state.pointee.sentPackets
+        state.pointee.counters.sentPackets.store(total, ordering: .relaxed)
+        state.pointee.counters.sentBytes.store(total &* state.pointee.frameLength, ordering: .relaxed)
+    }
+
+    /// A multi-queue end's completion handler: each list back to its flow's generator.
+    @inline(__always)
+    static func completed(_ states: UnsafePointer<UnsafeMutablePointer<SenderState>>, flows: Int, _ batch: SendCompletions) {
+        for list in batch {
+            let state = states[min(flow(of: list), flows - 1)]
+            if let inbox = state.pointee.inbox {
+                let count = (try? list.count) ?? 0
+                let success = (try? list.status) == .success
+                inbox.withLock { box in
+                    box.lists.append(list)
+                    if success { box.sent += count } else { box.failed += count }
+                }
+                continue
+            }
+            let count = (try? list.count) ?? 0
+            if (try? list.status) == .success { state.pointee.sentPackets += count } else { state.pointee.failedPackets += count }
+            state.pointee.lists[state.pointee.freeLists] = list
+            state.pointee.freeLists += 1
+        }
+        for index in 0..<flows where states[index].pointee.inbox == nil {
+            let total = states[index].pointee.sentPackets
+            states[index].pointee.counters.sentPackets.store(total, ordering: .relaxed)
+            states[index].pointee.counters.sentBytes.store(total &* states[index].pointee.frameLength, ordering: .relaxed)
+        }
+    }
+
     /// The completion handler: the lists are ours again.
     @inline(__always)
     static func completed(_ state: UnsafeMutablePointer<SenderState>, _ batch: SendCompletions) {
@@ -204,6 +264,13 @@ enum Generator {
         state.pointee.counters.sentPackets.store(total, ordering: .relaxed)
         state.pointee.counters.sentBytes.store(total &* state.pointee.frameLength, ordering: .relaxed)
     }
+}
+
+/// Completed lists waiting for their flow's thread.
+struct Inbox {
+    var lists: [PacketList]
+    var sent = 0
+    var failed = 0
 }
 
 // MARK: - Receivers
@@ -301,8 +368,8 @@ enum Receiver {
 
 struct ForwarderState {
     let counters: FlowCounters
-    /// Set right after the port opens, before any traffic.
-    var port: Port?
+    /// Set right after the port (or stack) opens, before any traffic.
+    unowned(unsafe) var port: (any PacketPort)?
     var forwardedPackets = 0
     var failedPackets = 0
     var sendErrors = 0
@@ -360,7 +427,7 @@ enum Forwarder {
     }
 }
 
-// MARK: - Relay (forward: F)
+// MARK: - Relay (forward --relay bare: F without a driver)
 
 /// One direction's relay through F: the lists one of F's ports receives are
 /// sent on its other port, from the frames they arrived in (both ports are on
@@ -451,17 +518,13 @@ enum EndLoop {
     /// everything it could before polling would starve its own receive side
     /// (one `poll` indicates at most a few lists).
     static func run(
-        ports: [Port], senders: [Owned<SenderState>], receivers: [Owned<ReceiverState>], listsPerPass: Int,
+        ports: [any PacketPort], senders: [Owned<SenderState>], receivers: [Owned<ReceiverState>], listsPerPass: Int,
         control: RunControl
     ) {
         while control.phase.load(ordering: .acquiring) == RunControl.setup {
             if monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { return }
             sleepNanoseconds(50_000)
         }
-        // Unretained: the session holds the ports until this thread is
-        // joined; calling through guaranteed references keeps retain and
-        // release out of the loop.
-        let ports = ports.map { Unmanaged.passUnretained($0) }
         let senders = senders.map(\.pointer)
         let receivers = receivers.map(\.pointer)
         @inline(__always) func received() -> Int {
@@ -478,7 +541,7 @@ enum EndLoop {
             if phase == RunControl.running {
                 for sender in senders where Generator.generate(sender, maximumLists: listsPerPass) > 0 { progress = true }
             }
-            for port in ports where port._withUnsafeGuaranteedRef({ $0.poll() }) { progress = true }
+            for port in ports where port.poll() { progress = true }
             // Drain what has arrived before sending more: one poll indicates
             // only a few lists, and a receiver that takes no more per pass
             // than its peer sends never works off a backlog.
@@ -486,7 +549,7 @@ enum EndLoop {
                 var rounds = 0
                 var before = received()
                 while rounds < drainRoundsPerPass {
-                    for port in ports { port._withUnsafeGuaranteedRef { _ = $0.poll() } }
+                    for port in ports { port.poll() }
                     let after = received()
                     if after == before { break }
                     before = after

@@ -2,6 +2,7 @@
 // summary tables, and (with --json) every figure as one JSON object on the
 // last line.
 
+import AFXDP
 import Foundation
 
 struct LatencyResult: Codable {
@@ -96,9 +97,45 @@ struct RunReport: Codable {
     var stoppedEarlyBy: String?
     var directions: [DirectionResult]
     var ports: [PortResult]
-    /// forward: frames F sent that it did not receive (copied into its own send frames): 0.
+    /// forward: frames F's bridge copied (it forwards lists as they are): 0.
     var copies: Int?
+    /// What each end ran through, from the top down.
+    var stacks: [StackReport]
     var errors: [String]
+}
+
+/// One end's stack, as `StackDescription` tells it.
+struct StackReport: Codable {
+    struct Layer: Codable {
+        var depth: Int
+        var kind: String
+        var name: String
+        /// Intermediate layers: what they borrowed and how promptly it came back.
+        var copiedFrames: Int?
+        var forwardDroppedFrames: Int?
+        var completionDelayP50Microseconds: Double?
+        var completionDelayP99Microseconds: Double?
+    }
+    var end: String
+    var depth: Int
+    var layers: [Layer]
+
+    init(end: String, stack: StackDescription) {
+        self.end = end
+        depth = stack.depth
+        var layers: [Layer] = []
+        func add(_ layer: StackDescription, _ depth: Int) {
+            let statistics = layer.layerStatistics
+            layers.append(Layer(
+                depth: depth, kind: layer.kind.rawValue, name: layer.name, copiedFrames: statistics?.copiedFrames,
+                forwardDroppedFrames: statistics?.forwardDroppedFrames,
+                completionDelayP50Microseconds: statistics.map { Double($0.completionDelayP50Nanoseconds) / 1000 },
+                completionDelayP99Microseconds: statistics.map { Double($0.completionDelayP99Nanoseconds) / 1000 }))
+            for below in layer.lower { add(below, depth + 1) }
+        }
+        add(stack, 0)
+        self.layers = layers
+    }
 }
 
 enum Report {
@@ -226,6 +263,18 @@ enum Report {
             ]
         }
         printTable(portColumns, portRows)
+        print("")
+        for stack in report.stacks {
+            print("stack of end \(stack.end) (depth \(stack.depth)):")
+            for layer in stack.layers {
+                var line = String(repeating: "  ", count: layer.depth + 1) + "\(layer.kind): \(layer.name)"
+                if let p50 = layer.completionDelayP50Microseconds, let p99 = layer.completionDelayP99Microseconds {
+                    line += "; lower-to-upper completion p50 \(fmt(p50, 1)) us, p99 \(fmt(p99, 1)) us"
+                }
+                if let copied = layer.copiedFrames, copied > 0 { line += "; \(copied) frames copied" }
+                print(line)
+            }
+        }
         for error in report.errors { print("ERROR: \(error)") }
     }
 

@@ -104,6 +104,10 @@ public final class MultiQueuePort: IntermediateDriver, @unchecked Sendable {
         return nil
     }
 
+    /// The queue a list this port indicated came in on (nil if it is not
+    /// one it indicated and the caller still holds). Any layer above may ask.
+    public func arrivalQueue(of list: PacketList) -> Int? { core.heldAboveBinding(of: list) }
+
     /// The queue a list would go out on.
     public func queue(for list: PacketList) -> Int { queueCount == 1 ? 0 : Int(flowHash(list) % UInt32(queueCount)) }
 
