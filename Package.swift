@@ -73,5 +73,8 @@ let package = Package(
         // Test-only C: dropping a thread's capabilities to test the privilege errors.
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
         .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed", "AFXDPSystem", "CTestSupport"]),
+        // The README's example of a user-written intermediate driver, compiled
+        // against the public API only (no @testable) and run on veth.
+        .testTarget(name: "ExampleTests", dependencies: ["AFXDP", "AFXDPTestbed"]),
     ]
 )
