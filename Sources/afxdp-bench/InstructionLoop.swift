@@ -17,11 +17,17 @@ struct CountInstructions: ParsableCommand {
     @Option(help: "Frames to move.") var packets = 200_000
     @Option(help: "Packets per list.") var batch = 64
     @Option(help: "Frame length in bytes.") var frameSize = 64
+    @Option(help: "What each end runs through: none (the bare port) or filter (a pass-through FilterDriver over it: the cost of one layer).")
+    var through: Through = .none
+
+    func validate() throws {
+        if through == .classifier { throw ValidationError("instruction-loop runs through none or filter") }
+    }
 
     func run() throws {
         let bed = try VethTestbed.create(prefix: "afxbench")
         defer { bed.destroy() }
-        let result = try InstructionLoop.run(bed: bed, packets: packets, batch: batch, frameLength: frameSize)
+        let result = try InstructionLoop.run(bed: bed, packets: packets, batch: batch, frameLength: frameSize, through: through)
         print("instruction-loop: \(result.received) of \(result.sent) frames received, \(result.corrupted) corrupted, \(result.outOfOrder) out of order")
         if result.received != result.sent || result.corrupted != 0 || result.outOfOrder != 0 { throw ExitCode(1) }
     }
@@ -41,18 +47,17 @@ final class LoopState: @unchecked Sendable {
 }
 
 enum InstructionLoop {
-    static func run(bed: VethTestbed, packets: Int, batch: Int, frameLength: Int) throws -> LoopState {
+    static func run(bed: VethTestbed, packets: Int, batch: Int, frameLength: Int, through: Through) throws -> LoopState {
         let state = LoopState()
         state.free.reserveCapacity(4096)
         var a = PortConfiguration(interface: bed.interfaceA, networkNamespace: bed.namespaceA)
         a.etherTypeFilter = TestFrame.etherType
         var b = PortConfiguration(interface: bed.interfaceB, networkNamespace: bed.namespaceB)
         b.etherTypeFilter = TestFrame.etherType
-        let sender = try Port.open(a, onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: { completed in
+        let senderHandlers = PortHandlers(onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: { completed in
             for list in completed { state.free.append(list) }
         })
-        defer { sender.close() }
-        let receiver = try Port.open(b, onReceive: { indication in
+        let receiverHandlers = PortHandlers(onReceive: { indication in
             guard let packets = try? indication.list.packets else { state.corrupted += 1; return }
             packets.forEach { packet in
                 guard let bytes = try? packet.bytes, let parsed = TestFrame.parse(UnsafeRawBufferPointer(bytes)) else {
@@ -66,18 +71,40 @@ enum InstructionLoop {
             }
             try? indication.port.returnList(indication.list)
         }, onSendComplete: { _ in })
-        defer { receiver.close() }
+        if through == .filter {
+            // The same loop one layer up: each end a pass-through filter over its port.
+            let sender = try FilterDriver.open(
+                over: Port.below(a), onReceive: senderHandlers.onReceive, onSendComplete: senderHandlers.onSendComplete)
+            defer { sender.close() }
+            let receiver = try FilterDriver.open(
+                over: Port.below(b), onReceive: receiverHandlers.onReceive, onSendComplete: receiverHandlers.onSendComplete)
+            defer { receiver.close() }
+            try prime(sender, state: state, batch: batch)
+            try loop(sender: sender, receiver: receiver, state: state, packets: packets, frameLength: frameLength, bed: bed)
+        } else {
+            let sender = try Port.open(a, onReceive: senderHandlers.onReceive, onSendComplete: senderHandlers.onSendComplete)
+            defer { sender.close() }
+            let receiver = try Port.open(b, onReceive: receiverHandlers.onReceive, onSendComplete: receiverHandlers.onSendComplete)
+            defer { receiver.close() }
+            try prime(sender, state: state, batch: batch)
+            try loop(sender: sender, receiver: receiver, state: state, packets: packets, frameLength: frameLength, bed: bed)
+        }
+        return state
+    }
+
+    /// The lists the loop sends, over and over: enough for 256 frames in flight.
+    static func prime(_ sender: some PacketPort, state: LoopState, batch: Int) throws {
         for _ in 0..<(256 / batch + 1) {
             guard let list = try sender.allocateList(packetCount: batch) else { break }
             state.free.append(list)
         }
-        try loop(sender: sender, receiver: receiver, state: state, packets: packets, frameLength: frameLength, bed: bed)
-        return state
     }
 
-    /// The measured part.
+    /// The measured part (specialised for each kind of end).
     @inline(never)
-    static func loop(sender: Port, receiver: Port, state: LoopState, packets: Int, frameLength: Int, bed: VethTestbed) throws {
+    static func loop<Sender: PacketPort, Receiver: PacketPort>(
+        sender: Sender, receiver: Receiver, state: LoopState, packets: Int, frameLength: Int, bed: VethTestbed
+    ) throws {
         var sent = 0
         var idle = 0
         defer { state.sent = sent }
