@@ -2,7 +2,9 @@
 // opened with `Port.openSimulated`, whose SimulatedKernel plays the kernel's
 // side of the rings in memory. No interface, no privileges, no system calls:
 // what is measured is the engine's own work per list (pool, list building,
-// send queue, placement, completion mapping, receive indication, return).
+// send queue, placement, completion mapping, receive indication, return),
+// and (Layers.swift) the same through each intermediate driver stacked on
+// such ports.
 //
 // One measured iteration is `scalingFactor` (1000) cycles; one cycle moves a
 // list of 64 packets. The scaled figures are per list. Nothing here may
@@ -117,6 +119,9 @@ let benchmarks: @Sendable () -> Void = {
     } setup: {
         try ForwardingFixture()
     }
+
+    // The same through each intermediate driver (Layers.swift).
+    layerBenchmarks()
 }
 
 /// Two simulated ports on one UMEM; A's received lists go out on B.
