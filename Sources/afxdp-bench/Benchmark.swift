@@ -452,9 +452,11 @@ final class Session {
                     var lists: [PacketList] = []
                     lists.reserveCapacity(sender.pointer.pointee.capacity)
                     sender.pointer.pointee.inbox = Locked(Inbox(lists: lists))
-                    let own: [any PacketPort] = [mux.bindings[queue], ports[0]]
+                    let own: [any PacketPort] = [mux.bindings[queue]]
+                    let above = ports
                     let thread = try startThread {
-                        EndLoop.run(ports: own, senders: [sender], receivers: [], listsPerPass: listsPerPass, control: control)
+                        EndLoop.run(
+                            ports: own, nowAndThen: above, senders: [sender], receivers: [], listsPerPass: listsPerPass, control: control)
                     }
                     threads.append(thread)
                     try pin(thread, toCPU: endpoints[end].cpu.map { ($0 + queue) % cpus } ?? queue % cpus)

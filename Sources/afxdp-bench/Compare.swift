@@ -22,9 +22,9 @@ struct Compare: ParsableCommand {
     @Option(help: "The reference binary; default: afxdp-ref beside this binary.") var reference: String?
     @Option(help: "What the engine is compared with: reference (afxdp-ref) or engine (the engine itself, with --baseline-extra).")
     var against = "reference"
-    @Option(name: .customLong("engine-extra"), help: "More afxdp-bench options for the engine's runs, e.g. \"--through filter\".")
+    @Option(name: .customLong("engine-extra"), help: "More afxdp-bench options for the engine's runs, written with = since they start with dashes: --engine-extra=\"--through filter\".")
     var engineExtra = ""
-    @Option(name: .customLong("baseline-extra"), help: "With --against engine: more afxdp-bench options for the baseline's runs, e.g. \"--relay bare\".")
+    @Option(name: .customLong("baseline-extra"), help: "With --against engine: more afxdp-bench options for the baseline's runs, written with =: --baseline-extra=\"--relay bare\".")
     var baselineExtra = ""
     @Option(name: .customLong("cpu-a"), help: "Pin end A's thread to this CPU (both sides).") var cpuA: Int?
     @Option(name: .customLong("cpu-b"), help: "Pin end B's thread to this CPU (both sides).") var cpuB: Int?
@@ -46,6 +46,16 @@ struct Compare: ParsableCommand {
         guard ringSize >= 64, ringSize & (ringSize - 1) == 0 else {
             throw ValidationError("--ring-size must be a power of two, at least 64")
         }
+    }
+
+    /// The N of "--queues N" (or "--queues=N") in extra options; 1 without.
+    static func queues(in extra: String) -> Int {
+        let words = extra.split(separator: " ").map(String.init)
+        for (index, word) in words.enumerated() {
+            if word == "--queues", index + 1 < words.count, let count = Int(words[index + 1]) { return count }
+            if word.hasPrefix("--queues="), let count = Int(word.dropFirst("--queues=".count)) { return count }
+        }
+        return 1
     }
 
     func run() throws {
@@ -71,7 +81,9 @@ struct Compare: ParsableCommand {
             ends = (bed.interfaceA, bed.namespaceA, bed.interfaceB, bed.namespaceB)
             relay = (bed.interfaceFA, bed.interfaceFB, bed.namespaceF)
         } else {
-            let bed = try VethTestbed.create(prefix: "afxbench")
+            // As many queues as either side's extra options ask for (--queues N).
+            let queues = [engineExtra, baselineExtra].map(Self.queues(in:)).max() ?? 1
+            let bed = try VethTestbed.create(prefix: "afxbench", queues: queues)
             destroy = bed.destroy
             ends = (bed.interfaceA, bed.namespaceA, bed.interfaceB, bed.namespaceB)
         }

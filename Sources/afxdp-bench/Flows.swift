@@ -517,9 +517,15 @@ enum EndLoop {
     /// receiving end's work inside the sender's kick: a thread that sent
     /// everything it could before polling would starve its own receive side
     /// (one `poll` indicates at most a few lists).
+    ///
+    /// `now and then` ports are polled every 16th pass and on idle passes
+    /// only: a thread driving one queue of a multi-queue port polls its own
+    /// queue always and the port above (which polls every queue) now and
+    /// then, for what the other queues' threads left it, so that two
+    /// threads on two cores do not poll each other's queues every pass.
     static func run(
-        ports: [any PacketPort], senders: [Owned<SenderState>], receivers: [Owned<ReceiverState>], listsPerPass: Int,
-        control: RunControl
+        ports: [any PacketPort], nowAndThen: [any PacketPort] = [], senders: [Owned<SenderState>],
+        receivers: [Owned<ReceiverState>], listsPerPass: Int, control: RunControl
     ) {
         while control.phase.load(ordering: .acquiring) == RunControl.setup {
             if monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { return }
@@ -542,6 +548,9 @@ enum EndLoop {
                 for sender in senders where Generator.generate(sender, maximumLists: listsPerPass) > 0 { progress = true }
             }
             for port in ports where port.poll() { progress = true }
+            if !nowAndThen.isEmpty, iteration & 15 == 0 || !progress {
+                for port in nowAndThen where port.poll() { progress = true }
+            }
             // Drain what has arrived before sending more: one poll indicates
             // only a few lists, and a receiver that takes no more per pass
             // than its peer sends never works off a backlog.
