@@ -22,7 +22,7 @@ struct AFXDPBench: ParsableCommand {
             what was sent (completed) and never arrived; bound it with --window for a \
             lossless run. The report names the stack each end ran through.
             """,
-        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Forward.self, Sweep.self, Compare.self, CountInstructions.self],
+        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Forward.self, Sweep.self, NDR.self, Compare.self, CountInstructions.self],
         defaultSubcommand: Duplex.self)
 
     struct Duplex: ParsableCommand {
@@ -151,6 +151,11 @@ struct BenchOptions: ParsableArguments {
     @Option(help: "Most frames in flight per flow (sent, not yet seen by the receiver); 0: unlimited.")
     var window: Int = 0
 
+    @Option(help: ArgumentHelp(
+        "Offered rate per direction, in packets per second (0: as fast as the ends go).",
+        discussion: "Spread evenly over the direction's flows and paced per list; a sender that falls behind gives up the credit rather than catch up in a burst, so the report's tx Mpps is what was really offered."))
+    var rate: Double = 0
+
     @Flag(name: .customLong("wire-overhead"), help: "Count 20 more bytes per frame (preamble and inter-frame gap) in Gbit/s.")
     var wireOverhead = false
 
@@ -217,6 +222,9 @@ struct BenchOptions: ParsableArguments {
         }
         guard window == 0 || window >= batch else {
             throw ValidationError("--window \(window) is smaller than --batch \(batch); a whole list must fit in the window")
+        }
+        guard rate >= 0, rate <= 1e9, rate.isFinite else {
+            throw ValidationError("--rate must be 0 (unlimited) or packets per second up to 1e9, not \(rate)")
         }
         for (name, cpu) in [("--cpu-a", cpuA), ("--cpu-b", cpuB), ("--cpu-f", cpuF)] {
             if let cpu, cpu < 0 || cpu >= 1024 {

@@ -209,7 +209,8 @@ final class Session {
                     queue: queue,
                     counters: counters,
                     sender: .make(SenderState(
-                        counters: counters, capacity: listsPerFlow, frameLength: options.frameSize, window: options.window)),
+                        counters: counters, capacity: listsPerFlow, frameLength: options.frameSize, window: options.window,
+                        packetsPerSecond: options.rate / Double(options.queues))),
                     receiver: .make(ReceiverState(counters: counters)),
                     forwarder: directions[index].forwarderEnd == nil ? nil : .make(ForwarderState(counters: counters)),
                     relay: directions[index].relayEnd == nil ? nil : .make(RelayState(counters: counters))))
@@ -656,7 +657,7 @@ final class Session {
             frameSize: options.frameSize, batch: options.batch, ringSize: Int(options.ringSize),
             umemFrameSize: options.umemFrameSize, queues: options.queues,
             zeroCopy: ports.joined().allSatisfy(\.isZeroCopy), needWakeup: !options.noNeedWakeup,
-            busyPoll: options.busyPoll, window: options.window, gbpsIncludesPreambleAndGap: options.wireOverhead,
+            busyPoll: options.busyPoll, window: options.window, rate: options.rate, gbpsIncludesPreambleAndGap: options.wireOverhead,
             stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),
             directions: results, ports: portResults,
             copies: mode == .forward

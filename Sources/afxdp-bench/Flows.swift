@@ -99,13 +99,19 @@ struct SenderState {
     var windowBase: UInt64 = 0
     var stalledSince: UInt64 = 0
     var windowResets = 0
+    /// --rate: nanoseconds between two packets of this flow (0: unpaced),
+    /// when the pacing began, and packets it has let out since.
+    let nanosecondsPerPacket: Double
+    var pacingStart: UInt64 = 0
+    var pacedPackets = 0
 
-    init(counters: FlowCounters, capacity: Int, frameLength: Int, window: Int) {
+    init(counters: FlowCounters, capacity: Int, frameLength: Int, window: Int, packetsPerSecond: Double = 0) {
         self.counters = counters
         self.capacity = capacity
         lists = .allocate(capacity: capacity)
         self.frameLength = frameLength
         self.window = window
+        nanosecondsPerPacket = packetsPerSecond > 0 ? 1e9 / packetsPerSecond : 0
     }
 
     /// Gives the generator its port and its lists (already written with
@@ -148,6 +154,7 @@ enum Generator {
             do {
                 let packets = try list.packets
                 if state.pointee.window > 0, !windowAdmits(state, packets.count) { break }
+                if state.pointee.nanosecondsPerPacket > 0, !paceAdmits(state, packets.count) { break }
                 state.pointee.freeLists -= 1
                 let timestamp = monotonicNanoseconds()
                 var sequence = state.pointee.nextSequence
@@ -171,6 +178,30 @@ enum Generator {
             }
         }
         return sent
+    }
+
+    /// How far a paced flow may fall behind before it gives up the credit:
+    /// 2 ms of its rate, at least 8 lists. An end's pass (its sends, then
+    /// polls that drain what arrived) can take a millisecond when the
+    /// machine is busy; less slack would make the pacer itself the limit. A
+    /// flow catching up sends at most `listsPerPass` lists per pass, each
+    /// kick taking a bounded batch, so the slack is not one burst.
+    static let pacingSlackNanoseconds = 2_000_000.0
+    static let pacingSlackLists = 8
+
+    /// Whether the next list of `count` packets is due at the flow's rate.
+    private static func paceAdmits(_ state: UnsafeMutablePointer<SenderState>, _ count: Int) -> Bool {
+        let now = monotonicNanoseconds()
+        if state.pointee.pacingStart == 0 { state.pointee.pacingStart = now }
+        let due = Int(Double(now &- state.pointee.pacingStart) / state.pointee.nanosecondsPerPacket)
+        let slack = max(pacingSlackLists * count, Int(pacingSlackNanoseconds / state.pointee.nanosecondsPerPacket))
+        if due - state.pointee.pacedPackets > slack {
+            // Behind (the thread was busy or descheduled): forfeit the rest.
+            state.pointee.pacedPackets = due - slack
+        }
+        guard state.pointee.pacedPackets < due else { return false }
+        state.pointee.pacedPackets += count
+        return true
     }
 
     private static func windowAdmits(_ state: UnsafeMutablePointer<SenderState>, _ count: Int) -> Bool {

@@ -156,7 +156,7 @@ enum Plot {
         name.replacingOccurrences(of: "->", with: "→")
     }
 
-    private static func dateText() -> String {
+    static func dateText() -> String {
         var now = time(nil)
         var parts = tm()
         localtime_r(&now, &parts)

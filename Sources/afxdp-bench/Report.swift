@@ -93,6 +93,8 @@ struct RunReport: Codable {
     var needWakeup: Bool
     var busyPoll: Bool
     var window: Int
+    /// --rate: offered packets per second per direction (0: unpaced).
+    var rate: Double
     var gbpsIncludesPreambleAndGap: Bool
     var stoppedEarlyBy: String?
     var directions: [DirectionResult]
@@ -157,7 +159,8 @@ enum Report {
             \(session.mode.rawValue): \(fmt(options.seconds, 1)) s, \(options.frameSize)-byte frames, \
             \(options.batch) per list, rings \(options.ringSize), UMEM frames \(options.umemFrameSize), \
             \(options.queues) queue(s), need_wakeup \(options.noNeedWakeup ? "off" : "on"), \
-            busy poll \(options.busyPoll ? "on" : "off"), window \(options.window == 0 ? "unlimited" : String(options.window))
+            busy poll \(options.busyPoll ? "on" : "off"), window \(options.window == 0 ? "unlimited" : String(options.window)), \
+            rate \(options.rate == 0 ? "unpaced" : "\(fmt(options.rate / 1e6, 3)) Mpps per direction")
             """)
         let bytes = options.wireOverhead
             ? "frame bytes + 20 (preamble, inter-frame gap); no FCS"
