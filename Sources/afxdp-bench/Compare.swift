@@ -18,7 +18,7 @@ struct Compare: ParsableCommand {
     @Option(help: "Seconds per run.") var seconds = 5
     @Option(name: .customLong("frame-size"), help: "Frame length in bytes (64...1514).") var frameSize = 64
     @Option(help: "Packets per list (engine) and per burst (reference).") var batch = 64
-    @Option(name: .customLong("ring-size"), help: "All four rings, a power of two.") var ringSize = 2048
+    @Option(name: .customLong("ring-size"), help: "All four rings, a power of two (both sides).") var ringSize = 4096
     @Option(help: "The reference binary; default: afxdp-ref beside this binary.") var reference: String?
     @Option(help: "What the engine is compared with: reference (afxdp-ref) or engine (the engine itself, with --baseline-extra).")
     var against = "reference"

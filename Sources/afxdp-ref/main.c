@@ -99,7 +99,7 @@ static void usage(FILE *out)
 		"  --packets N          instruction-loop: frames to move (default 200000)\n"
 		"  --frame-size N       Ethernet frame length without FCS, 64..1514 (default 64)\n"
 		"  --batch N            descriptors per burst (default 64)\n"
-		"  --ring-size N        size of all four rings, a power of two (default 2048)\n"
+		"  --ring-size N        size of all four rings, a power of two (default 4096, as afxdp-bench)\n"
 		"  --umem-frame-size N  2048 or 4096 (default 4096)\n"
 		"  --frames N           UMEM frames per port: half fill ring, half TX (default 4096);\n"
 		"                       F: one UMEM of N frames, half for each socket's fill ring\n"
@@ -142,7 +142,7 @@ static void parse_options(int argc, char **argv, struct ref_options *options)
 		.packets = 200000,
 		.frame_size = 64,
 		.batch = 64,
-		.ring_size = 2048,
+		.ring_size = 4096,
 		.umem_frame_size = 4096,
 		.frames = 4096,
 		.need_wakeup = true,
