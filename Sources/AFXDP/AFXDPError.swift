@@ -18,7 +18,7 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The process lacks a capability the operation needs.
     case permissionDenied(operation: String, errno: Int32)
     /// Another XDP program is attached to the interface.
-    case xdpProgramAlreadyAttached(interface: String, programID: UInt32)
+    case xdpProgramAlreadyAttached(interface: String, programID: UInt32, namespace: String?)
     /// Zero-copy was required but the driver cannot do it.
     case zeroCopyUnsupported(interface: String)
     /// A system or library call failed; `operation` names it.
@@ -65,11 +65,15 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
             return "\(operation) was refused (\(String(cString: strerror(errno)))): AF_XDP needs "
                 + "CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF and CAP_IPC_LOCK (or CAP_SYS_ADMIN); run as root, "
                 + "or grant them with `setcap cap_net_raw,cap_net_admin,cap_bpf,cap_ipc_lock+ep <binary>`"
-        case .xdpProgramAlreadyAttached(let interface, let id):
-            return "interface '\(interface)' already has an XDP program attached (id \(id)), perhaps left by a "
-                + "process that died; inspect it with `ip link show dev \(interface)` and `bpftool prog show id \(id)`, "
-                + "and remove it with `ip link set dev \(interface) xdp off` (native) or "
-                + "`ip link set dev \(interface) xdpgeneric off` (generic)"
+        case .xdpProgramAlreadyAttached(let interface, let id, let namespace):
+            // The commands as they can be pasted: in the interface's namespace.
+            let ip = namespace.map { "ip -n \($0)" } ?? "ip"
+            let bpftool = namespace.map { "ip netns exec \($0) bpftool" } ?? "bpftool"
+            let place = namespace.map { " in network namespace '\($0)'" } ?? ""
+            return "interface '\(interface)'\(place) already has an XDP program attached (id \(id)), perhaps left by a "
+                + "process that died; inspect it with `\(ip) link show dev \(interface)` and `\(bpftool) prog show id \(id)`, "
+                + "and remove it with `\(ip) link set dev \(interface) xdp off` (native) or "
+                + "`\(ip) link set dev \(interface) xdpgeneric off` (generic)"
         case .zeroCopyUnsupported(let interface):
             return "interface '\(interface)' does not support zero-copy AF_XDP; allow copy mode with "
                 + "`zeroCopy: .preferred` (veth never supports zero-copy)"

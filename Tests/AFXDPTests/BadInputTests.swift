@@ -96,17 +96,24 @@ struct BadInputTests {
             try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "xdpgeneric", "obj", path, "sec", "xdp"])
             #expect(try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
 
+            var message = ""
             #expect {
                 try openPort(bed, end: "a")
             } throws: { error in
-                guard case .xdpProgramAlreadyAttached(let interface, let id)? = error as? AFXDPError else { return false }
-                return interface == bed.interfaceA && id != 0
-                    && "\(error)".contains("ip link set dev \(bed.interfaceA) xdpgeneric off")
+                guard case .xdpProgramAlreadyAttached(let interface, let id, let namespace)? = error as? AFXDPError else { return false }
+                message = "\(error)"
+                return interface == bed.interfaceA && id != 0 && namespace == bed.namespaceA
             }
             // The program that was there is still there: the failed open changed nothing.
             #expect(try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
 
-            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "xdpgeneric", "off"])
+            // The commands the error gives work as printed (pasted into a
+            // shell in this test's own namespace, not the interface's).
+            let commands = message.split(separator: "`").enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
+            let inspect = try #require(commands.first { $0.contains("link show") })
+            let remove = try #require(commands.first { $0.hasSuffix("xdpgeneric off") })
+            try runCommand(["sh", "-c", inspect])
+            try runCommand(["sh", "-c", remove])
             let port = try openPort(bed, end: "a")
             port.close()
             #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))

@@ -62,7 +62,7 @@ final class XDPProgram: @unchecked Sendable {
             }
             var attachedID: UInt32 = 0
             if bpf_xdp_query_id(ifindex, 0, &attachedID) == 0, attachedID != 0 {
-                throw .xdpProgramAlreadyAttached(interface: interface, programID: attachedID)
+                throw .xdpProgramAlreadyAttached(interface: interface, programID: attachedID, namespace: namespace)
             }
             var handle = cafxdp_program()
             try load(into: &handle)
@@ -93,7 +93,7 @@ final class XDPProgram: @unchecked Sendable {
             if lastError == EBUSY || lastError == EEXIST {
                 var id: UInt32 = 0
                 _ = bpf_xdp_query_id(ifindex, 0, &id)
-                throw .xdpProgramAlreadyAttached(interface: interface, programID: id)
+                throw .xdpProgramAlreadyAttached(interface: interface, programID: id, namespace: namespace)
             }
             if SystemCalls.isPermissionError(lastError) {
                 throw .permissionDenied(operation: "attaching the XDP program to \(interface)", errno: lastError)
