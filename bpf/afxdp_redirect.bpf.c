@@ -28,7 +28,10 @@ enum afxdp_counter {
 // Index of each slot in afxdp_config.
 enum afxdp_config_key {
 	AFXDP_CONFIG_ETHERTYPE = 0, // host byte order; 0 = no filter
-	AFXDP_CONFIG_COUNT = 4,
+	// 1-4: who attached the program (PID, start time, a magic, PID
+	// namespace), written by user space and never read here: see the
+	// shim's CAFXDP_CONFIG_OWNER_*.
+	AFXDP_CONFIG_COUNT = 8,
 };
 
 // One slot per interface queue; user space puts the socket of queue q at

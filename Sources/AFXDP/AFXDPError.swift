@@ -17,8 +17,14 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     case namespaceNotFound(String)
     /// The process lacks a capability the operation needs.
     case permissionDenied(operation: String, errno: Int32)
-    /// Another XDP program is attached to the interface.
+    /// Another XDP program (not this engine's) is attached to the interface.
+    /// The engine never touches it. (This engine's own program, left by a
+    /// process that died, is replaced without asking.)
     case xdpProgramAlreadyAttached(interface: String, programID: UInt32, namespace: String?)
+    /// Another live process of this engine has its XDP program on the
+    /// interface: an interface's ports share one program, so they live in
+    /// one process.
+    case interfaceInUse(interface: String, namespace: String?, pid: Int32, command: String)
     /// Zero-copy was required but the driver cannot do it.
     case zeroCopyUnsupported(interface: String)
     /// A system or library call failed; `operation` names it.
@@ -70,10 +76,15 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
             let ip = namespace.map { "ip -n \($0)" } ?? "ip"
             let bpftool = namespace.map { "ip netns exec \($0) bpftool" } ?? "bpftool"
             let place = namespace.map { " in network namespace '\($0)'" } ?? ""
-            return "interface '\(interface)'\(place) already has an XDP program attached (id \(id)), perhaps left by a "
-                + "process that died; inspect it with `\(ip) link show dev \(interface)` and `\(bpftool) prog show id \(id)`, "
+            return "interface '\(interface)'\(place) already has an XDP program attached (id \(id)) that is not "
+                + "this engine's (or not recorded as one), so it is left alone; inspect it with `\(ip) link show dev \(interface)` and `\(bpftool) prog show id \(id)`, "
                 + "and remove it with `\(ip) link set dev \(interface) xdp off` (native) or "
                 + "`\(ip) link set dev \(interface) xdpgeneric off` (generic)"
+        case .interfaceInUse(let interface, let namespace, let pid, let command):
+            let place = namespace.map { " in network namespace '\($0)'" } ?? ""
+            return "interface '\(interface)'\(place) is in use by process \(pid) (\(command)), which has this engine's XDP "
+                + "program attached there; the ports of one interface share its program and so live in one process: "
+                + "open this port from that process, or stop it (`kill \(pid)`) and open again"
         case .zeroCopyUnsupported(let interface):
             return "interface '\(interface)' does not support zero-copy AF_XDP; allow copy mode with "
                 + "`zeroCopy: .preferred` (veth never supports zero-copy)"

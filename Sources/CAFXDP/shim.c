@@ -111,6 +111,70 @@ int cafxdp_program_detach(int ifindex, uint32_t flags, int program_fd)
     return bpf_xdp_detach(ifindex, flags, &options);
 }
 
+int cafxdp_attached_program_query(int ifindex, cafxdp_attached_program *out)
+{
+    memset(out, 0, sizeof(*out));
+    LIBBPF_OPTS(bpf_xdp_query_opts, query);
+    int error = bpf_xdp_query(ifindex, 0, &query);
+    if (error)
+        return error;
+    if (query.attach_mode == XDP_ATTACHED_NONE || query.prog_id == 0)
+        return 0;
+    out->program_id = query.prog_id;
+    out->attach_flags = query.attach_mode == XDP_ATTACHED_SKB ? XDP_FLAGS_SKB_MODE : XDP_FLAGS_DRV_MODE;
+
+    int program_fd = bpf_prog_get_fd_by_id(query.prog_id);
+    if (program_fd < 0)
+        return 0;  // gone meanwhile, or not ours to read: not the engine's
+    uint32_t map_ids[8] = {0};
+    struct bpf_prog_info info;
+    memset(&info, 0, sizeof(info));
+    info.nr_map_ids = 8;
+    info.map_ids = (uint64_t)(uintptr_t)map_ids;
+    uint32_t length = sizeof(info);
+    if (bpf_obj_get_info_by_fd(program_fd, &info, &length) == 0 && strcmp(info.name, "afxdp_redirect") == 0) {
+        uint32_t maps = info.nr_map_ids < 8 ? info.nr_map_ids : 8;
+        for (uint32_t i = 0; i < maps; i++) {
+            int map_fd = bpf_map_get_fd_by_id(map_ids[i]);
+            if (map_fd < 0)
+                continue;
+            struct bpf_map_info map_info;
+            memset(&map_info, 0, sizeof(map_info));
+            uint32_t map_length = sizeof(map_info);
+            if (bpf_obj_get_info_by_fd(map_fd, &map_info, &map_length) == 0 && strcmp(map_info.name, "afxdp_config") == 0) {
+                uint32_t key, magic = 0, pid = 0, start = 0, pid_namespace = 0;
+                key = CAFXDP_CONFIG_OWNER_PID_NAMESPACE;
+                bpf_map_lookup_elem(map_fd, &key, &pid_namespace);
+                key = CAFXDP_CONFIG_OWNER_MAGIC;
+                bpf_map_lookup_elem(map_fd, &key, &magic);
+                key = CAFXDP_CONFIG_OWNER_PID;
+                bpf_map_lookup_elem(map_fd, &key, &pid);
+                key = CAFXDP_CONFIG_OWNER_START;
+                bpf_map_lookup_elem(map_fd, &key, &start);
+                if (magic == CAFXDP_OWNER_MAGIC && pid != 0) {
+                    out->is_engines = 1;
+                    out->owner_pid = pid;
+                    out->owner_start = start;
+                    out->owner_pid_namespace = pid_namespace;
+                }
+            }
+            close(map_fd);
+        }
+    }
+    close(program_fd);
+    return 0;
+}
+
+int cafxdp_attached_program_detach(int ifindex, uint32_t attach_flags, uint32_t program_id)
+{
+    int program_fd = bpf_prog_get_fd_by_id(program_id);
+    if (program_fd < 0)
+        return -errno;
+    int error = cafxdp_program_detach(ifindex, attach_flags, program_fd);
+    close(program_fd);
+    return error;
+}
+
 int cafxdp_umem_create(struct xsk_umem **umem, void *area, uint64_t size,
                        uint32_t fill_size, uint32_t completion_size,
                        uint32_t frame_size, uint32_t frame_headroom,

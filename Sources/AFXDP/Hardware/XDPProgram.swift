@@ -60,12 +60,18 @@ final class XDPProgram: @unchecked Sendable {
                 existing.users += 1
                 return existing
             }
-            var attachedID: UInt32 = 0
-            if bpf_xdp_query_id(ifindex, 0, &attachedID) == 0, attachedID != 0 {
-                throw .xdpProgramAlreadyAttached(interface: interface, programID: attachedID, namespace: namespace)
+            var attached = cafxdp_attached_program()
+            if cafxdp_attached_program_query(ifindex, &attached) == 0, attached.program_id != 0 {
+                try clearLeftover(attached, interface: interface, ifindex: ifindex, namespace: namespace)
             }
             var handle = cafxdp_program()
             try load(into: &handle)
+            // Who attaches it, written before it is attached: another process
+            // finding it can then tell whether its owner still lives.
+            Self.setConfig(handle, index: UInt32(CAFXDP_CONFIG_OWNER_PID), value: UInt32(bitPattern: getpid()))
+            Self.setConfig(handle, index: UInt32(CAFXDP_CONFIG_OWNER_START), value: ProcessIdentity.startTime(of: getpid()) ?? 0)
+            Self.setConfig(handle, index: UInt32(CAFXDP_CONFIG_OWNER_PID_NAMESPACE), value: ProcessIdentity.ownPIDNamespace)
+            Self.setConfig(handle, index: UInt32(CAFXDP_CONFIG_OWNER_MAGIC), value: CAFXDP_OWNER_MAGIC)
             let modes: [UInt32]
             switch mode {
             case .automatic: modes = [UInt32(XDP_FLAGS_DRV_MODE), UInt32(XDP_FLAGS_SKB_MODE)]
@@ -91,15 +97,63 @@ final class XDPProgram: @unchecked Sendable {
             }
             cafxdp_program_close(&handle)
             if lastError == EBUSY || lastError == EEXIST {
-                var id: UInt32 = 0
-                _ = bpf_xdp_query_id(ifindex, 0, &id)
-                throw .xdpProgramAlreadyAttached(interface: interface, programID: id, namespace: namespace)
+                // Attached by someone else between our look and our attach.
+                var attached = cafxdp_attached_program()
+                _ = cafxdp_attached_program_query(ifindex, &attached)
+                if attached.is_engines != 0, let owner = ProcessIdentity.live(attached) {
+                    throw .interfaceInUse(interface: interface, namespace: namespace, pid: owner.pid, command: owner.command)
+                }
+                throw .xdpProgramAlreadyAttached(interface: interface, programID: attached.program_id, namespace: namespace)
             }
             if SystemCalls.isPermissionError(lastError) {
                 throw .permissionDenied(operation: "attaching the XDP program to \(interface)", errno: lastError)
             }
             throw .system(operation: "attaching the XDP program to \(interface)", errno: lastError)
         }
+    }
+
+    /// Refuses an interface whose program is another live process's (this
+    /// engine's: `.interfaceInUse`) or not this engine's at all; one of this
+    /// process's own, or one left by a dead process (replaced at `acquire`),
+    /// passes. Call inside the interface's namespace.
+    static func refuseIfInUse(interface: String, ifindex: Int32, namespace: String?) throws(AFXDPError) {
+        try registryLock.withLock { () throws(AFXDPError) in
+            guard registry[key(namespace, ifindex)] == nil else { return }
+            var attached = cafxdp_attached_program()
+            guard cafxdp_attached_program_query(ifindex, &attached) == 0, attached.program_id != 0 else { return }
+            guard attached.is_engines != 0 else {
+                throw .xdpProgramAlreadyAttached(interface: interface, programID: attached.program_id, namespace: namespace)
+            }
+            if let owner = ProcessIdentity.live(attached) {
+                throw .interfaceInUse(interface: interface, namespace: namespace, pid: owner.pid, command: owner.command)
+            }
+        }
+    }
+
+    /// A program already on the interface: this engine's, left by a process
+    /// that died, is detached (so the open goes on); this engine's, of a live
+    /// process, is refused naming that process; anything else is refused and
+    /// never touched.
+    private static func clearLeftover(
+        _ attached: cafxdp_attached_program, interface: String, ifindex: Int32, namespace: String?
+    ) throws(AFXDPError) {
+        guard attached.is_engines != 0 else {
+            throw .xdpProgramAlreadyAttached(interface: interface, programID: attached.program_id, namespace: namespace)
+        }
+        if let owner = ProcessIdentity.live(attached) {
+            throw .interfaceInUse(interface: interface, namespace: namespace, pid: owner.pid, command: owner.command)
+        }
+        let result = cafxdp_attached_program_detach(ifindex, attached.attach_flags, attached.program_id)
+        // ENOENT / EEXIST: gone or replaced meanwhile; the attach below says what is there now.
+        if result != 0, -result != ENOENT, -result != EEXIST {
+            throw .system(operation: "detaching the XDP program left on \(interface) by process \(attached.owner_pid), which died", errno: -result)
+        }
+    }
+
+    private static func setConfig(_ handle: cafxdp_program, index: UInt32, value: UInt32) {
+        var key = index
+        var value = value
+        _ = bpf_map_update_elem(handle.config_map_fd, &key, &value, 0)
     }
 
     private static func load(into handle: inout cafxdp_program) throws(AFXDPError) {
@@ -170,5 +224,55 @@ final class XDPProgram: @unchecked Sendable {
             cafxdp_program_close(&handle)
             Self.registry[Self.key(self.namespace, ifindex)] = nil
         }
+    }
+}
+
+
+/// A process as /proc shows it: whether the one that attached a program is
+/// still the one running under its PID (PIDs are reused; start times are not).
+enum ProcessIdentity {
+    /// The process's start time in clock ticks since boot (low 32 bits), from
+    /// /proc/PID/stat field 22; nil if there is no such process.
+    static func startTime(of pid: Int32) -> UInt32? {
+        guard let stat = read("/proc/\(pid)/stat") else { return nil }
+        // The command (field 2) is in parentheses and may hold spaces: count
+        // fields from the last ')'.
+        guard let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // fields[0] is field 3 (state); field 22 is fields[19].
+        guard fields.count > 19, let ticks = UInt64(fields[19]) else { return nil }
+        return UInt32(truncatingIfNeeded: ticks)
+    }
+
+    /// This process's PID namespace (the inode of /proc/self/ns/pid, low 32 bits).
+    static let ownPIDNamespace: UInt32 = {
+        var status = stat()
+        guard stat("/proc/self/ns/pid", &status) == 0 else { return 0 }
+        return UInt32(truncatingIfNeeded: status.st_ino)
+    }()
+
+    /// The process that attached `program`, if it may still be alive: it
+    /// runs under its PID and started when recorded, or it is in another PID
+    /// namespace, where its PID means nothing here (then it counts as alive:
+    /// a program that may be someone else's is never taken away).
+    static func live(_ program: cafxdp_attached_program) -> (pid: Int32, command: String)? {
+        let pid = Int32(bitPattern: program.owner_pid)
+        if program.owner_pid_namespace != 0, program.owner_pid_namespace != ownPIDNamespace {
+            return (pid, "a process in another PID namespace")
+        }
+        let start = program.owner_start
+        guard pid > 0, let started = startTime(of: pid), start == 0 || started == start else { return nil }
+        let command = read("/proc/\(pid)/comm").map { String($0.prefix { $0 != "\n" }) } ?? "?"
+        return (pid, command)
+    }
+
+    private static func read(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[0..<count], as: UTF8.self)
     }
 }

@@ -90,6 +90,9 @@ final class XDPSocket: @unchecked Sendable {
     /// falls back to copy mode (`zeroCopy` says which). A later socket shares
     /// the UMEM and must agree with the first on what the kernel makes them share.
     init(configuration: PortConfiguration, ifindex: Int32, umem: UMEM) throws(AFXDPError) {
+        // Another process on the interface holds its queues: say so, before
+        // a bind that would only say "busy".
+        try XDPProgram.refuseIfInUse(interface: configuration.interface, ifindex: ifindex, namespace: configuration.networkNamespace)
         let rings = UnsafeMutablePointer<cafxdp_rings>.allocate(capacity: 1)
         rings.initialize(to: cafxdp_rings())
         let binding = UMEMRegistration.Binding(

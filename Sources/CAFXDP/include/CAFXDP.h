@@ -44,6 +44,38 @@ void cafxdp_program_close(cafxdp_program *program);
 // finds it.
 int cafxdp_program_detach(int ifindex, uint32_t flags, int program_fd);
 
+// Slots of the program's config map (afxdp_config) that user space writes
+// and the program never reads: who attached it, so that another process can
+// tell this engine's program left by a dead process (replace it) from one a
+// live process uses (refuse, naming it) and from anything else (never touch).
+enum {
+    CAFXDP_CONFIG_OWNER_PID = 1,
+    CAFXDP_CONFIG_OWNER_START = 2,  // the owner's start time, clock ticks since boot (low 32 bits)
+    CAFXDP_CONFIG_OWNER_MAGIC = 3,
+    CAFXDP_CONFIG_OWNER_PID_NAMESPACE = 4,  // inode of the owner's PID namespace (low 32 bits)
+};
+#define CAFXDP_OWNER_MAGIC 0x41465844u  // "AFXD"
+
+// What is attached to an interface, as far as this engine can tell.
+typedef struct cafxdp_attached_program {
+    uint32_t program_id;
+    uint32_t attach_flags;   // XDP_FLAGS_SKB_MODE or XDP_FLAGS_DRV_MODE: how it is attached
+    int is_engines;          // our program's name and config map, with the owner recorded
+    uint32_t owner_pid;
+    uint32_t owner_start;
+    uint32_t owner_pid_namespace;
+} cafxdp_attached_program;
+
+// Why a wrapper: finding a program's maps takes bpf_prog_info with a
+// caller-owned array of map ids (a pointer stored as a __u64), then a fd and
+// an info query per map: one place for the fds to be closed on every path.
+// Returns 0 (out->program_id 0: nothing attached) or -errno.
+int cafxdp_attached_program_query(int ifindex, cafxdp_attached_program *out);
+
+// Detaches the program with `program_id` from `ifindex` if it is still the
+// one attached there. Returns 0 or -errno.
+int cafxdp_attached_program_detach(int ifindex, uint32_t attach_flags, uint32_t program_id);
+
 // Why a wrapper: libbpf's print callback is variadic (va_list), which Swift
 // cannot implement. Routes libbpf's messages into a buffer that the next
 // cafxdp_program_load copies out, instead of libbpf writing to stderr.
