@@ -20,8 +20,9 @@ struct Compare: ParsableCommand {
     @Option(help: "Packets per list (engine) and per burst (reference).") var batch = 64
     @Option(name: .customLong("ring-size"), help: "All four rings, a power of two (both sides).") var ringSize = 4096
     @Option(help: "The reference binary; default: afxdp-ref beside this binary.") var reference: String?
-    @Option(help: "What the engine is compared with: reference (afxdp-ref) or engine (the engine itself, with --baseline-extra).")
+    @Option(help: "What the engine is compared with: reference (afxdp-ref), engine (the engine itself, with --baseline-extra) or testpmd (DPDK's, with --pmd; scripts/install-deps --peers).")
     var against = "reference"
+    @Option(help: "With --against testpmd: the DPDK driver, af_xdp or af_packet.") var pmd = "af_xdp"
     @Option(name: .customLong("engine-extra"), help: "More afxdp-bench options for the engine's runs, written with = since they start with dashes: --engine-extra=\"--through filter\".")
     var engineExtra = ""
     @Option(name: .customLong("baseline-extra"), help: "With --against engine: more afxdp-bench options for the baseline's runs, written with =: --baseline-extra=\"--relay bare\".")
@@ -39,7 +40,15 @@ struct Compare: ParsableCommand {
         guard seconds >= 1, seconds <= 600 else { throw ValidationError("--seconds must be 1...600") }
         guard (64...1514).contains(frameSize) else { throw ValidationError("--frame-size must be 64...1514") }
         if cpuF != nil && mode != "forward" { throw ValidationError("--cpu-f is for --mode forward") }
-        guard against == "reference" || against == "engine" else { throw ValidationError("--against must be reference or engine") }
+        guard ["reference", "engine", "testpmd"].contains(against) else { throw ValidationError("--against must be reference, engine or testpmd") }
+        if against == "testpmd" {
+            guard mode != "forward" else { throw ValidationError("--against testpmd runs duplex, tx-only, rx-drop or l2fwd") }
+            guard TestpmdPeer.Driver(rawValue: pmd) != nil else { throw ValidationError("--pmd must be af_xdp or af_packet, not \(pmd)") }
+            guard baselineExtra.isEmpty else { throw ValidationError("--baseline-extra goes with --against engine") }
+            guard (0...1).contains(cpuA ?? 0), (0...1).contains(cpuB ?? 1) else {
+                throw ValidationError("--against testpmd: testpmd runs on cores 0 and 1, so --cpu-a and --cpu-b must be 0 or 1")
+            }
+        }
         if against == "reference" && !baselineExtra.isEmpty {
             throw ValidationError("--baseline-extra goes with --against engine (the reference takes no engine options)")
         }
@@ -62,7 +71,8 @@ struct Compare: ParsableCommand {
         let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         let engine = me.path
         let referencePath = reference ?? me.deletingLastPathComponent().appendingPathComponent("afxdp-ref").path
-        guard FileManager.default.isExecutableFile(atPath: referencePath) else {
+        if against == "testpmd" { try TestpmdPeer.check() }
+        guard against != "reference" || FileManager.default.isExecutableFile(atPath: referencePath) else {
             throw ValidationError(
                 "no reference binary at \(referencePath); build it with `swift build -c release --product afxdp-ref` or pass --reference")
         }
@@ -88,6 +98,9 @@ struct Compare: ParsableCommand {
             ends = (bed.interfaceA, bed.namespaceA, bed.interfaceB, bed.namespaceB)
         }
         defer { destroy() }
+        // Against testpmd, which forwards each end on a core of its own, the
+        // engine's ends are pinned alike: A on 0, B on 1 unless told.
+        let (cpuA, cpuB) = against == "testpmd" ? (self.cpuA ?? 0, self.cpuB ?? 1) : (self.cpuA, self.cpuB)
         let pinning = [("--cpu-a", cpuA), ("--cpu-b", cpuB), ("--cpu-f", cpuF)].flatMap { name, cpu in cpu.map { [name, "\($0)"] } ?? [] }
         let common = ["--seconds", "\(seconds)", "--frame-size", "\(frameSize)", "--batch", "\(batch)", "--ring-size", "\(ringSize)", "--json"]
             + pinning
@@ -102,7 +115,13 @@ struct Compare: ParsableCommand {
             + (relay.map { ["--interface-fa", $0.a, "--interface-fb", $0.b, "--namespace-f", $0.namespace] } ?? [])
             + ["--xdp-object", object.path] + common
 
-        let versus = against == "engine" ? "the engine with \(baselineExtra.isEmpty ? "no extra options" : baselineExtra)" : "the C reference"
+        let peer = against == "testpmd"
+            ? TestpmdPeer(driver: TestpmdPeer.Driver(rawValue: pmd)!, mode: mode, seconds: seconds, frameSize: frameSize,
+                          ends: ends, cpuA: cpuA ?? 0, cpuB: cpuB ?? 1)
+            : nil
+        let versus = against == "engine" ? "the engine with \(baselineExtra.isEmpty ? "no extra options" : baselineExtra)"
+            : against == "testpmd" ? "DPDK testpmd, \(pmd) driver\(mode == "duplex" ? ", duplex as the peers run it: 32 frames looped by both ends" : "")"
+            : "the C reference"
         print("compare: \(mode), \(frameSize)-byte frames, \(seconds) s per run, \(rounds) rounds, "
               + "engine\(engineExtra.isEmpty ? "" : " with \(engineExtra)") and reference (\(versus)) alternating")
         var samples: [String: [(engine: Double, reference: Double)]] = [:]
@@ -113,6 +132,13 @@ struct Compare: ParsableCommand {
                                       : [("reference", referenceArguments), ("engine", engineArguments)]
             var figures: [String: [String: Double]] = [:]
             for (who, arguments) in runs {
+                if who == "reference", let peer {
+                    let byMetric = try peer.run()
+                    figures[who] = byMetric
+                    print("  round \(round) \(who.padding(toLength: 9, withPad: " ", startingAt: 0)) "
+                          + byMetric.keys.sorted().map { "\($0) \(String(format: "%.3f", byMetric[$0]!))" }.joined(separator: "  "))
+                    continue
+                }
                 let output = try runCommand(arguments)
                 guard let last = output.split(separator: "\n").last,
                       let report = try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any],
