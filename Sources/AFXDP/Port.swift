@@ -407,9 +407,18 @@ public final class Port: @unchecked Sendable {
         // What other threads sent while this one had the side: place it now.
         if !sendDoorbell.mailbox.isEmpty { sendDoorbell.runIfFree(rounds: 2) { placingPass() } }
         receiveDoorbell.runIfFree(rounds: 1) { if receivePass() { progress = true } }
+        if sendContext.deviceLost.load(ordering: .acquiring), currentState.rawValue < PortState.closing.rawValue {
+            // Nothing in flight will ever complete: close now, at once.
+            requestClose(timeout: .zero)
+        }
         if currentState == .closing { driveClose() }
         return progress
     }
+
+    /// The port's interface (or its network namespace) went away under it:
+    /// the port closed itself, and every send still out completed with
+    /// `.closing`. Lists the caller holds stay valid until returned.
+    public var isDeviceLost: Bool { sendContext.deviceLost.load(ordering: .acquiring) }
 
     /// Whether sends are queued, in flight, or completed and not yet
     /// delivered to the completion handler. Never waits.
@@ -535,7 +544,8 @@ public final class Port: @unchecked Sendable {
             deliveringPass()
             drained = sendRegion.isSettled
         }
-        if !drained {
+        // A lost device completes nothing more: no deadline to wait out.
+        if !drained, !sendContext.deviceLost.load(ordering: .acquiring) {
             let deadline = shared.lock.withLock { shared.closeDeadline }
             guard let deadline, ContinuousClock.now >= deadline else { return }
         }

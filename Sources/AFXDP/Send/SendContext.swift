@@ -1,5 +1,8 @@
 import AFXDPRings
 import Atomics
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The send region of a port: the TX ring, the completion ring and the
 /// queues of lists waiting for them.
@@ -62,6 +65,10 @@ final class SendContext: @unchecked Sendable {
 
     // MARK: Counters (owner writes, anyone reads)
     let counters: SendCounters
+    /// The kernel said the socket's device is gone (ENXIO, ENODEV on a kick:
+    /// the interface or its namespace was deleted). Written by the owner,
+    /// read by the port's passes, which then close the port.
+    let deviceLost = ManagedAtomic<Bool>(false)
 
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
@@ -319,7 +326,11 @@ final class SendContext: @unchecked Sendable {
             // The kernel took nothing (link down, no buffers): no progress, so
             // a polling loop may sleep instead of spinning on the syscall.
             case .later: counters.noteKicks(kicks); return false
-            case .failed: counters.noteKicks(kicks); counters.noteKickError(); return false
+            case .failed(let error):
+                counters.noteKicks(kicks)
+                counters.noteKickError()
+                if error == ENXIO || error == ENODEV { deviceLost.store(true, ordering: .releasing) }
+                return false
             }
         }
         counters.noteKicks(kicks)

@@ -1,0 +1,84 @@
+@testable import AFXDP
+import AFXDPTestbed
+import Glibc
+import Testing
+
+/// The interface deleted under an open port, with sends queued and in flight.
+@Suite("Device lost under a port", .serialized)
+struct DeviceLostTests {
+    @Test("the interface deleted while lists are queued and in flight: every send completes once (.closing for what never went), the port closes itself, close() after it returns, every frame home")
+    func interfaceDeletedUnderPort() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let completions = CompletionChecker()
+            let a = try openPort(bed, end: "a", onSendComplete: completions.handle)
+            let b = try openPort(bed, end: "b")
+            var sent = 0
+            func send(_ count: Int) throws {
+                for _ in 0..<count {
+                    guard let list = try a.allocateList(packetCount: 32) else { return }
+                    try fill(list, stream: 0, firstSequence: UInt64(sent * 32), length: 64, from: bed.macAddressA, to: bed.macAddressB)
+                    try CompletionChecker.tag(list, stream: 0, number: UInt64(sent))
+                    try a.send(list)
+                    sent += 1
+                }
+            }
+            // Traffic before: it flows.
+            try send(40)
+            let flowing = Deadline(seconds: 10)
+            while completions.completed < 40, !flowing.passed { a.poll(); b.poll() }
+            #expect(completions.completed == 40)
+            for list in completions.takeFree() { try a.returnList(list) }
+            // Deleting one end of a veth pair deletes both.
+            _ = try runCommand(["ip", "-n", bed.namespaceA, "link", "del", "dev", bed.interfaceA])
+            // Sends after it: accepted (never refused), and they can never go out.
+            try send(100)
+            #expect(sent == 140)
+            let deadline = Deadline(seconds: 10)
+            while a.currentState != .closed, !deadline.passed { a.poll() }
+            #expect(a.currentState == .closed, "the port closed itself once the kernel said its device was gone")
+            #expect(a.isDeviceLost)
+            #expect(completions.completed == sent, "every send completed")
+            let seen = completions.state.withLock { $0 }
+            #expect(seen.outOfOrder == 0, "in send order")
+            #expect(seen.statuses[.closing, default: 0] > 0, "what never went out completed with .closing")
+            #expect(seen.statuses[.pending, default: 0] == 0)
+            #expect(throws: AFXDPError.portClosed) { _ = try a.allocateList(packetCount: 1) }
+            a.close()
+            for list in completions.takeFree() { try a.returnList(list) }
+            #expect(a.poolStatus.allFramesHome, "\(a.poolStatus)")
+            b.close()
+            #expect(b.poolStatus.allFramesHome)
+        }
+    }
+}
+
+extension DeviceLostTests {
+    @Test("the interface deleted under a stack (filter over a port): the port closes itself, the stack closes with it, every send completes once at the top, every frame home")
+    func interfaceDeletedUnderStack() throws {
+        try VethTestbed.withVethTestbed { bed in
+            var configuration = PortConfiguration(interface: bed.interfaceA, networkNamespace: bed.namespaceA)
+            configuration.etherTypeFilter = TestFrame.etherType
+            let completions = CompletionChecker()
+            let top = try FilterDriver.open(
+                over: Port.below(configuration), onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
+            _ = try runCommand(["ip", "-n", bed.namespaceA, "link", "del", "dev", bed.interfaceA])
+            for number in 0..<20 {
+                let list = try #require(try top.allocateList(packetCount: 8))
+                try fill(list, stream: 0, firstSequence: UInt64(number * 8), length: 64, from: bed.macAddressA, to: bed.macAddressB)
+                try CompletionChecker.tag(list, stream: 0, number: UInt64(number))
+                try top.send(list)
+            }
+            let deadline = Deadline(seconds: 10)
+            while top.currentState != .closed, !deadline.passed { top.poll() }
+            #expect(top.currentState == .closed, "the stack closed when the port below lost its device")
+            #expect((top.bindings[0] as? Port)?.isDeviceLost == true)
+            let state = completions.state.withLock { $0 }
+            #expect(state.completed == 20, "every send came up once")
+            #expect(state.outOfOrder == 0)
+            #expect(state.statuses[.success] == nil && state.statuses[.closing] == 20)
+            top.close()
+            for list in completions.takeFree() { try top.returnList(list) }
+            #expect(top.poolStatus.allFramesHome, "\(top.poolStatus)")
+        }
+    }
+}
