@@ -97,6 +97,8 @@ public final class Port: @unchecked Sendable {
     /// teardown took it for the last time.
     private var sendGate: UnsafeAtomic<Int> { UnsafeAtomic(at: senderWords) }
     private static let refusingSends = 1 << 40
+    /// When an idle pass last asked the socket whether its device is gone.
+    private let lastDeviceCheck = ManagedAtomic<UInt64>(0)
     /// Lists `send` accepted; with the lists delivered, says whether any is outstanding.
     private var acceptedLists: UnsafeAtomic<Int> { UnsafeAtomic(at: senderWords + 1) }
     /// 1 while the port's own thread runs (`ownThread`).
@@ -406,13 +408,29 @@ public final class Port: @unchecked Sendable {
         sendDoorbell.runIfFree(rounds: 1) { progress = deliveringPass() }
         // What other threads sent while this one had the side: place it now.
         if !sendDoorbell.mailbox.isEmpty { sendDoorbell.runIfFree(rounds: 2) { placingPass() } }
-        receiveDoorbell.runIfFree(rounds: 1) { if receivePass() { progress = true } }
+        receiveDoorbell.runIfFree(rounds: 1) {
+            if receivePass() { progress = true } else if !progress { noticeDeviceLossWhileIdle() }
+        }
         if sendContext.deviceLost.load(ordering: .acquiring), currentState.rawValue < PortState.closing.rawValue {
             // Nothing in flight will ever complete: close now, at once.
             requestClose(timeout: .zero)
         }
         if currentState == .closing { driveClose() }
         return progress
+    }
+
+    /// A port with nothing to send never kicks, so it would not learn from
+    /// a kick that its device is gone: when a pass moved nothing, at most
+    /// every 100 ms, it reads the socket's pending error (ENETDOWN: the
+    /// device was unregistered). Costs idle passes a clock read. Receive-side
+    /// owner only: the teardown, which closes the socket, needs that side too.
+    private func noticeDeviceLossWhileIdle() {
+        let fd = receiveContext.socketFD
+        guard fd >= 0, receiveContext.ringsOpen else { return }
+        let now = monotonicNanoseconds()
+        guard now &- lastDeviceCheck.load(ordering: .relaxed) >= 100_000_000 else { return }
+        lastDeviceCheck.store(now, ordering: .relaxed)
+        if SystemCalls.pendingError(fd) == ENETDOWN { sendContext.deviceLost.store(true, ordering: .releasing) }
     }
 
     /// The port's interface (or its network namespace) went away under it:

@@ -82,3 +82,23 @@ extension DeviceLostTests {
         }
     }
 }
+
+extension DeviceLostTests {
+    @Test("the interface deleted under an idle port (nothing to send): its polls notice within a fraction of a second and it closes itself")
+    func interfaceDeletedUnderIdlePort() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let a = try openPort(bed, end: "a")
+            for _ in 0..<10 { a.poll() }
+            _ = try runCommand(["ip", "-n", bed.namespaceA, "link", "del", "dev", bed.interfaceA])
+            let deadline = Deadline(seconds: 5)
+            while a.currentState != .closed, !deadline.passed {
+                a.poll()
+                usleep(1_000)
+            }
+            #expect(a.currentState == .closed)
+            #expect(a.isDeviceLost)
+            a.close()
+            #expect(a.poolStatus.allFramesHome)
+        }
+    }
+}

@@ -38,6 +38,16 @@ enum SystemCalls {
         _ = recvfrom(fd, nil, 0, Int32(MSG_DONTWAIT), nil, nil)
     }
 
+    /// The socket's pending error (SO_ERROR, which reading clears); 0: none.
+    /// The kernel sets ENETDOWN on an AF_XDP socket whose device is unregistered.
+    @inline(never)
+    static func pendingError(_ fd: Int32) -> Int32 {
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 else { return 0 }
+        return error
+    }
+
     /// Waits up to `milliseconds` for the socket to become readable.
     @inline(never)
     static func waitReadable(_ fd: Int32, milliseconds: Int32) {
