@@ -403,3 +403,10 @@ private func processIsAlive(_ pid: pid_t) -> Bool {
 private func base36(_ value: Int) -> String {
     String(value, radix: 36)
 }
+
+/// A bound on a traffic loop: it has passed `seconds` after it was made.
+public struct Deadline: Sendable {
+    let end: ContinuousClock.Instant
+    public init(seconds: Int) { end = ContinuousClock.now.advanced(by: .seconds(seconds)) }
+    public var passed: Bool { ContinuousClock.now >= end }
+}

@@ -174,8 +174,8 @@ struct Compare: ParsableCommand {
         for metric in order.sorted() {
             let pairs = samples[metric]!
             let ratios = pairs.map { $0.reference > 0 ? $0.engine / $0.reference : 0 }.sorted()
-            let engineMedian = median(pairs.map(\.engine)), referenceMedian = median(pairs.map(\.reference))
-            let ratio = median(ratios)
+            let engineMedian = Report.median(pairs.map(\.engine)) ?? 0, referenceMedian = Report.median(pairs.map(\.reference)) ?? 0
+            let ratio = Report.median(ratios) ?? 0
             print(metric.padding(toLength: 20, withPad: " ", startingAt: 0)
                   + String(format: " %16.3f  %18.3f  %16.3f  %.3f...%.3f", engineMedian, referenceMedian, ratio, ratios.first!, ratios.last!))
             rows.append(["metric": metric, "engine": engineMedian, "reference": referenceMedian,
@@ -189,9 +189,4 @@ struct Compare: ParsableCommand {
         }
     }
 
-    private func median(_ values: [Double]) -> Double {
-        let sorted = values.sorted()
-        guard !sorted.isEmpty else { return 0 }
-        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-    }
 }

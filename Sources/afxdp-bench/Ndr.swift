@@ -172,7 +172,7 @@ struct NDRSearch {
         printSummary(report)
         var plotted = true
         if let plot = self.options.plot { plotted = Plot.write(Plot.ndrChart(report), to: plot) }
-        if self.options.json { print(json(report)) }
+        if self.options.json { print(Report.json(report)) }
         if results.contains(where: { !$0.errors.isEmpty }) { throw ExitCode(2) }
         let reason = stopRequest.load(ordering: .relaxed)
         if reason != 0 { throw ExitCode(Benchmark.exitStatus(for: reason)) }
@@ -222,14 +222,6 @@ struct NDRSearch {
         }
     }
 
-    private func json(_ report: NDRReport) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(report), let text = String(data: data, encoding: .utf8) else {
-            return #"{"error":"could not encode the ndr report"}"#
-        }
-        return text
-    }
 }
 
 extension Plot {

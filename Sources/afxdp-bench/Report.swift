@@ -281,13 +281,21 @@ enum Report {
         for error in report.errors { print("ERROR: \(error)") }
     }
 
-    static func json(_ report: RunReport) -> String {
+    /// A report (a run's, a sweep's, a search's) as one line of JSON.
+    static func json(_ report: some Encodable) -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         guard let data = try? encoder.encode(report), let text = String(data: data, encoding: .utf8) else {
             return #"{"error":"could not encode the report"}"#
         }
         return text
+    }
+
+    /// The median of `values`; nil for none.
+    static func median(_ values: [Double]) -> Double? {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return nil }
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     // MARK: Formatting

@@ -153,7 +153,7 @@ enum SweepRun {
         printTable(sweep, runs: runs)
         var plotted = true
         if let plot = given.plot { plotted = Plot.write(Plot.sweepChart(sweep), to: plot) }
-        if given.json { print(json(sweep)) }
+        if given.json { print(Report.json(sweep)) }
 
         if runs.contains(where: { !$0.errors.isEmpty }) { throw ExitCode(2) }
         if reason != 0 { throw ExitCode(Benchmark.exitStatus(for: reason)) }
@@ -176,14 +176,5 @@ enum SweepRun {
             ]
         }
         Report.printTable(columns, rows)
-    }
-
-    private static func json(_ sweep: SweepReport) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(sweep), let text = String(data: data, encoding: .utf8) else {
-            return #"{"error":"could not encode the sweep report"}"#
-        }
-        return text
     }
 }

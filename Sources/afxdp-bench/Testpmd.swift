@@ -132,11 +132,7 @@ struct TestpmdPeer {
             rx.append(Double(match.output.1) ?? 0)
             tx.append(Double(match.output.2) ?? 0)
         }
-        func median(_ values: [Double]) -> Double? {
-            let sorted = values.dropFirst().filter { $0 > 0 }.sorted()
-            guard !sorted.isEmpty else { return nil }
-            return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-        }
+        func median(_ values: [Double]) -> Double? { Report.median(values.dropFirst().filter { $0 > 0 }) }
         return (median(rx), median(tx))
     }
 }

@@ -166,22 +166,6 @@ final class Traffic: Sendable {
     }
 }
 
-/// A bound on a loop, in monotonic time.
-struct Deadline {
-    let end: timespec
-    init(seconds: Int) {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        now.tv_sec += seconds
-        end = now
-    }
-    var passed: Bool {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return now.tv_sec > end.tv_sec || (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec)
-    }
-}
-
 func readFile(_ path: String) throws -> String {
     guard let file = fopen(path, "r") else { throw ReadError(path: path) }
     defer { fclose(file) }

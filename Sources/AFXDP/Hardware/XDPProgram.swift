@@ -100,9 +100,7 @@ final class XDPProgram: @unchecked Sendable {
                 // Attached by someone else between our look and our attach.
                 var attached = cafxdp_attached_program()
                 _ = cafxdp_attached_program_query(ifindex, &attached)
-                if attached.is_engines != 0, let owner = ProcessIdentity.live(attached) {
-                    throw .interfaceInUse(interface: interface, namespace: namespace, pid: owner.pid, command: owner.command)
-                }
+                try refuse(attached, interface: interface, namespace: namespace)
                 throw .xdpProgramAlreadyAttached(interface: interface, programID: attached.program_id, namespace: namespace)
             }
             if SystemCalls.isPermissionError(lastError) {
@@ -121,12 +119,18 @@ final class XDPProgram: @unchecked Sendable {
             guard registry[key(namespace, ifindex)] == nil else { return }
             var attached = cafxdp_attached_program()
             guard cafxdp_attached_program_query(ifindex, &attached) == 0, attached.program_id != 0 else { return }
-            guard attached.is_engines != 0 else {
-                throw .xdpProgramAlreadyAttached(interface: interface, programID: attached.program_id, namespace: namespace)
-            }
-            if let owner = ProcessIdentity.live(attached) {
-                throw .interfaceInUse(interface: interface, namespace: namespace, pid: owner.pid, command: owner.command)
-            }
+            try refuse(attached, interface: interface, namespace: namespace)
+        }
+    }
+
+    /// Throws for a program that is not this engine's (never touched) or is
+    /// a live process's; returns for this engine's program left by a dead one.
+    private static func refuse(_ attached: cafxdp_attached_program, interface: String, namespace: String?) throws(AFXDPError) {
+        guard attached.is_engines != 0 else {
+            throw .xdpProgramAlreadyAttached(interface: interface, programID: attached.program_id, namespace: namespace)
+        }
+        if let owner = ProcessIdentity.live(attached) {
+            throw .interfaceInUse(interface: interface, namespace: namespace, pid: owner.pid, command: owner.command)
         }
     }
 
@@ -137,12 +141,7 @@ final class XDPProgram: @unchecked Sendable {
     private static func clearLeftover(
         _ attached: cafxdp_attached_program, interface: String, ifindex: Int32, namespace: String?
     ) throws(AFXDPError) {
-        guard attached.is_engines != 0 else {
-            throw .xdpProgramAlreadyAttached(interface: interface, programID: attached.program_id, namespace: namespace)
-        }
-        if let owner = ProcessIdentity.live(attached) {
-            throw .interfaceInUse(interface: interface, namespace: namespace, pid: owner.pid, command: owner.command)
-        }
+        try refuse(attached, interface: interface, namespace: namespace)
         let result = cafxdp_attached_program_detach(ifindex, attached.attach_flags, attached.program_id)
         // ENOENT / EEXIST: gone or replaced meanwhile; the attach below says what is there now.
         if result != 0, -result != ENOENT, -result != EEXIST {

@@ -14,9 +14,3 @@ func detachThread(_ body: @escaping @Sendable () -> Void) {
     do { try Threads.start(detached: true, body) } catch { fatalError("cannot start a thread: errno \(error.errno)") }
 }
 
-/// A bound on every traffic loop: fails the loop after `seconds`.
-struct Deadline {
-    let end: ContinuousClock.Instant
-    init(seconds: Int) { end = ContinuousClock.now.advanced(by: .seconds(seconds)) }
-    var passed: Bool { ContinuousClock.now >= end }
-}
