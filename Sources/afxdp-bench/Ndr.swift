@@ -24,7 +24,7 @@ extension AFXDPBench {
                 --seconds is per trial (default 3).
                 """)
 
-        @Option(help: "The mode: duplex, tx-only, rx-drop or l2fwd.")
+        @Option(help: "The mode: duplex, tx-only, rx-drop, l2fwd or forward (A - F - B, both directions through F).")
         var mode: Mode = .duplex
 
         @Option(help: "Loss allowed, as a fraction of the frames sent: 0 for the NDR, e.g. 0.001 (0.1%) for a PDR.")
@@ -39,7 +39,6 @@ extension AFXDPBench {
         @OptionGroup var options: BenchOptions
 
         func validate() throws {
-            guard mode != .forward else { throw ValidationError("ndr runs duplex, tx-only, rx-drop or l2fwd") }
             guard loss >= 0, loss < 1 else {
                 throw ValidationError("--loss is a fraction of the frames sent, 0 (no drop) up to below 1, not \(loss)")
             }
@@ -164,7 +163,7 @@ struct NDRSearch {
         }
         testbed?()
 
-        let directions = Double(mode == .duplex ? 2 : 1)
+        let directions = Double(mode == .duplex || mode == .forward ? 2 : 1)
         let report = NDRReport(
             mode: mode.rawValue, frameSize: options.frameSize, secondsPerTrial: options.seconds, lossAllowed: loss,
             ndrMppsPerDirection: best.map(\.rxMpps), ndrMppsTotal: best.map { $0.rxMpps * directions },
