@@ -66,6 +66,8 @@ public final class Port: @unchecked Sendable {
     /// Things the port chose on the caller's behalf (e.g. a fallback to copy mode).
     public let notes: [String]
     let table: ListTable
+    /// Reads the interface's link state (nil: no way to), from any thread.
+    private let readLink: (@Sendable () -> LinkReading)?
     /// The longest list `allocateList` can give: the send pool's size.
     public var sendFrameCount: Int { sendPool.frameCount }
     /// The UMEM frames of the port's two pools.
@@ -133,6 +135,9 @@ public final class Port: @unchecked Sendable {
                 throw .interfaceNotFound(interface: configuration.interface, namespace: configuration.networkNamespace)
             }
             let socket = try XDPSocket(configuration: configuration, ifindex: ifindex, umem: umem)
+            // Made here, inside the namespace: its ioctls answer for this one.
+            var readLink: (@Sendable () -> LinkReading)?
+            if let probe = LinkProbe(ifindex: ifindex) { readLink = { probe.read() } }
             var notes: [String] = []
             if configuration.zeroCopy == .preferred && !socket.zeroCopy {
                 notes.append("zero-copy is not supported on \(configuration.interface); running in copy mode")
@@ -159,6 +164,7 @@ public final class Port: @unchecked Sendable {
                 port = try Port(
                     configuration: configuration, umem: umem, device: .socket(socket), program: program,
                     isZeroCopy: socket.zeroCopy, isAttachedNatively: program.attachedNatively, notes: notes,
+                    readLink: readLink,
                     onReceive: onReceive, onSendComplete: onSendComplete)
             } catch {
                 socket.close()  // socket, then program, as at close
@@ -210,6 +216,7 @@ public final class Port: @unchecked Sendable {
         let port = try Port(
             configuration: configuration, umem: umem, device: .simulated(kernel), program: nil, isZeroCopy: false,
             isAttachedNatively: false, notes: ["simulated: no interface; a SimulatedKernel plays the kernel"],
+            readLink: { [unowned kernel] in kernel.linkUp ? .usable : .down },
             onReceive: onReceive, onSendComplete: onSendComplete)
         return (port, kernel)
     }
@@ -228,7 +235,7 @@ public final class Port: @unchecked Sendable {
 
     private init(
         configuration: PortConfiguration, umem: UMEM, device: Device, program: XDPProgram?,
-        isZeroCopy: Bool, isAttachedNatively: Bool, notes: [String],
+        isZeroCopy: Bool, isAttachedNatively: Bool, notes: [String], readLink: (@Sendable () -> LinkReading)?,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
     ) throws(AFXDPError) {
@@ -247,6 +254,7 @@ public final class Port: @unchecked Sendable {
         self.isZeroCopy = isZeroCopy
         self.isAttachedNatively = isAttachedNatively
         self.notes = notes
+        self.readLink = readLink
         shared = SharedRegion(device: device, program: program)
         sendPool = SendPool(table: table, range: sendRange, id: sendID, lock: shared.lock)
         senderWords.initialize(repeating: .init(0), count: 8)
@@ -254,6 +262,10 @@ public final class Port: @unchecked Sendable {
         sendRegion = SendRegion(context: SendContext(
             table: table, ownPools: (receiveID, sendID), tx: rings.tx, completion: rings.completion, socketFD: device.fd,
             kickOnlyWhenAsked: configuration.useNeedWakeup,
+            faults: SendFaultPolicy(
+                readLink: readLink, linkDownTimeout: configuration.linkDownTimeout,
+                stallTimeout: configuration.completionStallTimeout, stallFailure: configuration.completionStallFailure,
+                onEvent: configuration.onEvent),
             onComplete: onSendComplete))
         sendDoorbell = sendRegion.door
         sendContext = sendRegion.context
@@ -411,9 +423,11 @@ public final class Port: @unchecked Sendable {
         receiveDoorbell.runIfFree(rounds: 1) {
             if receivePass() { progress = true } else if !progress { noticeDeviceLossWhileIdle() }
         }
-        if sendContext.deviceLost.load(ordering: .acquiring), currentState.rawValue < PortState.closing.rawValue {
+        if let failure, currentState.rawValue < PortState.closing.rawValue {
             // Nothing in flight will ever complete: close now, at once.
-            requestClose(timeout: .zero)
+            if requestClose(timeout: .zero), let onEvent = configuration.onEvent {
+                HandlerContext.run { onEvent(.failed(failure)) }
+            }
         }
         if currentState == .closing { driveClose() }
         return progress
@@ -437,6 +451,19 @@ public final class Port: @unchecked Sendable {
     /// the port closed itself, and every send still out completed with
     /// `.closing`. Lists the caller holds stay valid until returned.
     public var isDeviceLost: Bool { sendContext.deviceLost.load(ordering: .acquiring) }
+
+    /// Why the port closed itself, if it did: its device is gone, or the
+    /// kernel stopped completing sends (`completionStallFailure`).
+    public var failure: PortFailure? {
+        if sendContext.deviceLost.load(ordering: .acquiring) { return .deviceLost }
+        if sendContext.stallFailed.load(ordering: .acquiring) { return .completionStalled }
+        return nil
+    }
+
+    /// Whether the interface is up with carrier right now (asked of the
+    /// kernel on each call; any thread). A simulated port: its kernel's
+    /// `linkUp`. Sends made while it is false queue (see `linkDownTimeout`).
+    public var isLinkUp: Bool { readLink?() == .usable }
 
     /// Whether sends are queued, in flight, or completed and not yet
     /// delivered to the completion handler. Never waits.
@@ -531,12 +558,15 @@ public final class Port: @unchecked Sendable {
         finishClose()
     }
 
-    /// Moves a running or paused port to `.closing`. Never waits.
-    private func requestClose(timeout: Duration) {
+    /// Moves a running or paused port to `.closing`. Never waits. Returns
+    /// whether this call did.
+    @discardableResult
+    private func requestClose(timeout: Duration) -> Bool {
         shared.lock.withLock {
-            guard currentState.rawValue < PortState.closing.rawValue else { return }
+            guard currentState.rawValue < PortState.closing.rawValue else { return false }
             shared.closeDeadline = ContinuousClock.now.advanced(by: timeout)
             shared.setState(.closing)
+            return true
         }
     }
 
@@ -563,7 +593,7 @@ public final class Port: @unchecked Sendable {
             drained = sendRegion.isSettled
         }
         // A lost device completes nothing more: no deadline to wait out.
-        if !drained, !sendContext.deviceLost.load(ordering: .acquiring) {
+        if !drained, failure == nil {
             let deadline = shared.lock.withLock { shared.closeDeadline }
             guard let deadline, ContinuousClock.now >= deadline else { return }
         }

@@ -63,6 +63,30 @@ public struct PortConfiguration: Sendable {
     /// The thread keeps the port alive until `close()`: call it.
     public var ownThread = false
 
+    /// How long sends wait for a link that is down (the interface set down,
+    /// or without carrier, as a veth whose peer is down) before the lists
+    /// the engine still holds complete with `.linkDown`; new sends then
+    /// complete so too until the link is back. What the kernel already has in
+    /// the TX ring (at most `transmitRingSize` frames) waits for the link or
+    /// for close. nil: sends wait for the link however long it takes.
+    public var linkDownTimeout: Duration? = .seconds(5)
+
+    /// Frames out and the completion ring still for this long: the port
+    /// reports a stall (`PortEvent.completionStalled`,
+    /// `statistics.send.completionStalls`) and kicks the kernel again.
+    public var completionStallTimeout: Duration = .seconds(1)
+
+    /// ...and still so after this long: the port gives up on the kernel and
+    /// closes itself, every send still out completing with `.closing`
+    /// (`failure` says `.completionStalled`). nil: it waits for ever.
+    /// Not counted while the link is down: that silence has its own timeout.
+    public var completionStallFailure: Duration? = .seconds(30)
+
+    /// Told what happens to the port's link and kernel (`PortEvent`), where
+    /// and as handlers are (see `Port`): a link going down or up, a stall,
+    /// the port closing itself.
+    public var onEvent: (@Sendable (PortEvent) -> Void)?
+
     public init(interface: String, queue: UInt32 = 0, networkNamespace: String? = nil) {
         self.interface = interface
         self.queue = queue
@@ -102,6 +126,16 @@ public struct PortConfiguration: Sendable {
         }
         guard receiveBatchSize >= 1, receiveBatchSize <= receiveRingSize else {
             throw .invalidConfiguration("receiveBatchSize \(receiveBatchSize) must be 1...receiveRingSize (\(receiveRingSize))")
+        }
+        guard completionStallTimeout > .zero else {
+            throw .invalidConfiguration("completionStallTimeout must be longer than zero, e.g. .seconds(1)")
+        }
+        if let completionStallFailure, completionStallFailure < completionStallTimeout {
+            throw .invalidConfiguration(
+                "completionStallFailure (\(completionStallFailure)) must be at least completionStallTimeout (\(completionStallTimeout)), or nil for never")
+        }
+        if let linkDownTimeout, linkDownTimeout < .zero {
+            throw .invalidConfiguration("linkDownTimeout must not be negative; nil waits for the link however long it takes")
         }
         let total = resolvedReceiveFrameCount + resolvedSendFrameCount
         guard total <= 1 << 22 else {

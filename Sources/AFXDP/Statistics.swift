@@ -38,6 +38,16 @@ public struct Statistics: Sendable {
         /// Of `packets`: those whose frames belong to another port of the
         /// UMEM (received there and passed on here without a copy).
         public var forwardedPackets: Int
+        /// Times the engine found the link down (interface down, or no
+        /// carrier) and held its sends until it was back.
+        public var linkDownEvents: Int
+        /// Frames the kernel took and dropped because the link had just gone
+        /// down (one per loss of carrier at most: the engine then stops
+        /// handing it frames); their lists still complete with `.success`.
+        public var kernelDroppedFrames: Int
+        /// Times the completion ring stood still for `completionStallTimeout`
+        /// with frames out.
+        public var completionStalls: Int
     }
     public struct Receive: Sendable, Equatable {
         public var packets: Int

@@ -408,5 +408,6 @@ private func base36(_ value: Int) -> String {
 public struct Deadline: Sendable {
     let end: ContinuousClock.Instant
     public init(seconds: Int) { end = ContinuousClock.now.advanced(by: .seconds(seconds)) }
+    public init(_ duration: Duration) { end = ContinuousClock.now.advanced(by: duration) }
     public var passed: Bool { ContinuousClock.now >= end }
 }

@@ -11,6 +11,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
+#include <net/if.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
 
 // Swift's XDPDescriptor mirrors struct xdp_desc; keep them in step.
 _Static_assert(sizeof(struct xdp_desc) == 16, "xdp_desc layout changed");
@@ -235,6 +239,31 @@ int cafxdp_statistics(int fd, struct xdp_statistics *out)
     if (getsockopt(fd, SOL_XDP, XDP_STATISTICS, out, &length) != 0)
         return -errno;
     return 0;
+}
+
+int cafxdp_link_usable(int fd, int ifindex)
+{
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    request.ifr_ifindex = ifindex;
+    // By index, then by the name it has now: the interface may be renamed.
+    if (ioctl(fd, SIOCGIFNAME, &request) != 0)
+        return -errno;
+    if (ioctl(fd, SIOCGIFFLAGS, &request) != 0)
+        return -errno;
+    // The kernel transmits only on a device that is up and has carrier.
+    if (!(request.ifr_flags & IFF_UP))
+        return 0;
+    // Carrier as the transmit path sees it, at once (IFF_RUNNING follows
+    // it only after the kernel's link-watch work, up to a second later).
+    struct ethtool_value link = { .cmd = ETHTOOL_GLINK };
+    request.ifr_data = (void *)&link;
+    if (ioctl(fd, SIOCETHTOOL, &request) == 0)
+        return link.data ? 1 : 0;
+    // A driver without ETHTOOL_GLINK: the flag, late or not.
+    if (ioctl(fd, SIOCGIFFLAGS, &request) != 0)
+        return -errno;
+    return (request.ifr_flags & IFF_RUNNING) ? 1 : 0;
 }
 
 int cafxdp_enter_network_namespace(int fd)

@@ -1,5 +1,6 @@
 import AFXDPSystem
 import AFXDPRings
+import Atomics
 
 /// The kernel's side of a port's four rings, in memory: what a port opened
 /// with `Port.openSimulated` has instead of an AF_XDP socket.
@@ -81,6 +82,15 @@ public final class SimulatedKernel: @unchecked Sendable {
     /// What the kernel would report in `XDP_STATISTICS`.
     public var statistics: KernelSocketStatistics { kernelLock.withLock { counters } }
 
+    /// The simulated interface's link: while false, `transmit` takes nothing
+    /// (as the kernel does for an interface that is down) and the port finds
+    /// its link down when it looks. Any thread.
+    public var linkUp: Bool {
+        get { linkIsUp.load(ordering: .acquiring) }
+        set { linkIsUp.store(newValue, ordering: .releasing) }
+    }
+    private let linkIsUp = ManagedAtomic<Bool>(true)
+
     /// Descriptors waiting in the TX ring.
     public var pendingTransmit: Int { kernelLock.withLock { Int(txConsumer.availableCount()) } }
 
@@ -103,7 +113,8 @@ public final class SimulatedKernel: @unchecked Sendable {
     /// does (it takes a TX descriptor only once it has a completion slot for it).
     @discardableResult
     public func transmit(maximum: Int = .max) -> Int {
-        kernelLock.withLock {
+        guard linkUp else { return 0 }
+        return kernelLock.withLock {
             guard !isTornDown else { return 0 }
             let room = completionProducer.freeCount(wanted: completion.memory.size) &- UInt32(inFlight.count)
             let (start, count) = txConsumer.peek(upTo: UInt32(clamping: min(maximum, Int(room))))

@@ -12,8 +12,13 @@ enum SystemCalls {
         case done
         /// The kernel stopped early (its batch limit or a busy device): kick again.
         case again
-        /// A transient refusal (ENOBUFS, EBUSY, ENETDOWN): try on a later pass.
+        /// A transient refusal (ENOBUFS): try on a later pass.
         case later
+        /// EBUSY: the kernel took a frame and dropped it (copy mode: the
+        /// device is not running or has no carrier), and completed it.
+        case dropped
+        /// ENETDOWN: the interface is down; the kernel took nothing.
+        case interfaceDown
         /// Anything else; counted, not thrown.
         case failed(Int32)
     }
@@ -26,7 +31,9 @@ enum SystemCalls {
             switch errno {
             case EINTR: continue
             case EAGAIN: return .again
-            case ENOBUFS, EBUSY, ENETDOWN: return .later
+            case ENOBUFS: return .later
+            case EBUSY: return .dropped
+            case ENETDOWN: return .interfaceDown
             case let error: return .failed(error)
             }
         }

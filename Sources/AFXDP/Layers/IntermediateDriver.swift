@@ -129,7 +129,7 @@ extension Statistics {
         var total = Statistics(
             send: .init(
                 packets: 0, bytes: 0, completedLists: 0, queuedFrames: 0, ringFullEvents: 0, kicks: 0, kickErrors: 0, dropped: 0,
-                invalidCompletions: 0, forwardedPackets: 0),
+                invalidCompletions: 0, forwardedPackets: 0, linkDownEvents: 0, kernelDroppedFrames: 0, completionStalls: 0),
             receive: .init(
                 packets: 0, bytes: 0, indications: 0, lowResourceEvents: 0, framesWithKernel: 0, framesHeldByCaller: 0, dropped: 0),
             kernel: KernelSocketStatistics(), programRedirected: 0, programPassed: 0)
@@ -144,6 +144,9 @@ extension Statistics {
             total.send.dropped += one.send.dropped
             total.send.invalidCompletions += one.send.invalidCompletions
             total.send.forwardedPackets += one.send.forwardedPackets
+            total.send.linkDownEvents += one.send.linkDownEvents
+            total.send.kernelDroppedFrames += one.send.kernelDroppedFrames
+            total.send.completionStalls += one.send.completionStalls
             total.receive.packets += one.receive.packets
             total.receive.bytes += one.receive.bytes
             total.receive.indications += one.receive.indications

@@ -62,6 +62,8 @@ public enum SendStatus: UInt8, Sendable, CustomStringConvertible {
     case paused
     /// The port closed before the list was (fully) sent.
     case closing
+    /// The link was down past `linkDownTimeout`: the list was not (fully) sent.
+    case linkDown
 
     public var description: String {
         switch self {
@@ -69,6 +71,7 @@ public enum SendStatus: UInt8, Sendable, CustomStringConvertible {
         case .success: return "success"
         case .paused: return "paused"
         case .closing: return "closing"
+        case .linkDown: return "link down"
         }
     }
 }

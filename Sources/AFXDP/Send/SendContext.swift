@@ -1,4 +1,5 @@
 import AFXDPRings
+import AFXDPSystem
 import Atomics
 #if canImport(Glibc)
 import Glibc
@@ -69,13 +70,40 @@ final class SendContext: @unchecked Sendable {
     /// the interface or its namespace was deleted). Written by the owner,
     /// read by the port's passes, which then close the port.
     let deviceLost = ManagedAtomic<Bool>(false)
+    /// Set when the completion ring stood still past `stallFailure` with
+    /// frames out: the port's next pass closes it. Any thread reads.
+    let stallFailed = ManagedAtomic<Bool>(false)
+
+    // MARK: Link and stall watch (owner-only, like the state above)
+    let faults: SendFaultPolicy
+    private let linkDownTimeout: UInt64?
+    private let stallTimeout: UInt64
+    private let stallFailure: UInt64?
+    /// When the engine found the link down (monotonic ns); 0: up as far as
+    /// it knows. While down nothing is placed or kicked: the lists wait in
+    /// their queues, where a timeout can still complete them.
+    @exclusivity(unchecked) private var linkDownSince: UInt64 = 0
+    @exclusivity(unchecked) private var lastLinkLook: UInt64 = 0
+    @exclusivity(unchecked) private var linkTimedOut = false
+    /// Passes in a row that found no completion with frames out, and when
+    /// the watch first looked at the clock during them (0: not yet).
+    @exclusivity(unchecked) private var quietPasses: UInt32 = 0
+    @exclusivity(unchecked) private var quietSince: UInt64 = 0
+    @exclusivity(unchecked) private var stalled = false
+    /// Events for `faults.onEvent`, handed over by the next delivering pass.
+    @exclusivity(unchecked) private var events: [PortEvent] = []
 
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
     init(
         table listTable: ListTable, ownPools: (receive: UInt16, send: UInt16), tx: RingMemory, completion: RingMemory, socketFD: Int32,
-        kickOnlyWhenAsked: Bool, onComplete: @escaping @Sendable (SendCompletions) -> Void
+        kickOnlyWhenAsked: Bool, faults: SendFaultPolicy = .none, onComplete: @escaping @Sendable (SendCompletions) -> Void
     ) {
+        self.faults = faults
+        linkDownTimeout = faults.linkDownTimeout?.nanoseconds
+        stallTimeout = max(1, faults.stallTimeout.nanoseconds)
+        stallFailure = faults.stallFailure?.nanoseconds
+        events.reserveCapacity(8)
         self.listTable = listTable
         table = listTable.layout
         self.ownPools = ownPools
@@ -121,12 +149,121 @@ final class SendContext: @unchecked Sendable {
     func service(mailbox: SlotMailbox, admit: SendStatus) -> Bool {
         var progress = takeMailbox(mailbox)
         if admit != .success { stopPlacing(status: admit) }
-        if reapCompletions() { progress = true }
-        if admit == .success, place() { progress = true }
-        if kick() { progress = true }
+        if reapCompletions() {
+            progress = true
+            if quietPasses != 0 { completionsMoved() }
+        } else if framesInFlight > 0 {
+            // The clock only now and then: a stall is seconds, a pass microseconds.
+            quietPasses &+= 1
+            if quietPasses & 127 == 0 { watchQuietCompletions() }
+        }
+        if linkDownSince != 0 { watchLinkWhileDown() }
+        if linkDownSince == 0 {
+            if admit == .success, place() { progress = true }
+            if kick() { progress = true }
+        } else if linkTimedOut, admit == .success {
+            stopPlacing(status: .linkDown)
+        }
         if collectCompleted() { progress = true }
         return progress
     }
+
+    // MARK: Link and stall watch
+
+    /// The kernel would not take frames (a kick said so), or the completion
+    /// ring stood still: look at the link. Down: hold every send in its
+    /// queue until it is back.
+    private func noteLinkMayBeDown() {
+        guard linkDownSince == 0, let readLink = faults.readLink else { return }
+        let now = monotonicNanoseconds()
+        lastLinkLook = now
+        switch readLink() {
+        case .down:
+            linkDownSince = now
+            linkTimedOut = false
+            counters.noteLinkDown()
+            post(.linkDown)
+        case .gone:
+            deviceLost.store(true, ordering: .releasing)
+        case .usable, .unknown:
+            break
+        }
+    }
+
+    /// While the link is down: look again every 10 ms; back up, sending
+    /// resumes; down past `linkDownTimeout`, the queued lists complete with
+    /// `.linkDown` (what is already in the TX ring is the kernel's: it goes
+    /// out when the link is back, or completes at close).
+    private func watchLinkWhileDown() {
+        let now = monotonicNanoseconds()
+        guard now &- lastLinkLook >= 10_000_000 else { return }
+        lastLinkLook = now
+        switch faults.readLink?() ?? .usable {
+        case .usable:
+            linkDownSince = 0
+            linkTimedOut = false
+            quietPasses = 0
+            quietSince = 0
+            post(.linkUp)
+        case .gone:
+            deviceLost.store(true, ordering: .releasing)
+        case .down, .unknown:
+            if !linkTimedOut, let linkDownTimeout, now &- linkDownSince >= linkDownTimeout {
+                linkTimedOut = true
+                post(.linkDownTimedOut)
+            }
+        }
+    }
+
+    /// Frames are out and many passes in a row found no completion: past
+    /// `stallTimeout` the stall is reported and the kernel kicked again
+    /// (need-wakeup or not); past `stallFailure` the port gives up on it.
+    /// A link that is down explains the silence: no stall then.
+    private func watchQuietCompletions() {
+        let now = monotonicNanoseconds()
+        if quietSince == 0 {
+            quietSince = now
+            return
+        }
+        let quiet = now &- quietSince
+        guard quiet >= stallTimeout else { return }
+        noteLinkMayBeDown()
+        guard linkDownSince == 0 else { return }
+        if !stalled {
+            stalled = true
+            counters.noteStall()
+            post(.completionStalled)
+        }
+        if tx.outstanding > 0 { _ = SystemCalls.kickTransmit(socketFD) }
+        if let stallFailure, quiet >= stallFailure { stallFailed.store(true, ordering: .releasing) }
+    }
+
+    private func completionsMoved() {
+        quietPasses = 0
+        quietSince = 0
+        if stalled {
+            stalled = false
+            post(.completionResumed)
+        }
+    }
+
+    private func post(_ event: PortEvent) {
+        guard faults.onEvent != nil else { return }
+        // Bounded: a handler that never runs (no delivering pass) cannot grow it.
+        if events.count >= 64 { events.removeFirst() }
+        events.append(event)
+    }
+
+    /// Tells the event handler what happened since the last delivering pass.
+    /// By the owner, where handlers may run.
+    func deliverEvents() {
+        guard !events.isEmpty, let onEvent = faults.onEvent else { return }
+        let happened = events
+        events.removeAll(keepingCapacity: true)
+        HandlerContext.run { for event in happened { onEvent(event) } }
+    }
+
+    var hasEvents: Bool { !events.isEmpty }
 
     /// Moves what other threads sent into the priority queues, in send order.
     @discardableResult
@@ -326,6 +463,17 @@ final class SendContext: @unchecked Sendable {
             // The kernel took nothing (link down, no buffers): no progress, so
             // a polling loop may sleep instead of spinning on the syscall.
             case .later: counters.noteKicks(kicks); return false
+            // The kernel took a frame and dropped it (no carrier), or the
+            // interface is down and it took nothing: is the link down?
+            case .dropped:
+                counters.noteKicks(kicks)
+                counters.noteKernelDrop()
+                noteLinkMayBeDown()
+                return false
+            case .interfaceDown:
+                counters.noteKicks(kicks)
+                noteLinkMayBeDown()
+                return false
             case .failed(let error):
                 counters.noteKicks(kicks)
                 counters.noteKickError()

@@ -2,6 +2,7 @@
 final class SendCounters: CounterBlock, @unchecked Sendable {
     private enum Index: Int, CaseIterable {
         case packets, bytes, completedLists, queuedFrames, ringFull, kicks, kickErrors, dropped, invalidCompletions, forwarded
+        case linkDowns, kernelDrops, stalls
     }
     init() { super.init(count: Index.allCases.count) }
     @inline(__always) func add(packets: Int, bytes: Int) { add(Index.packets.rawValue, packets); add(Index.bytes.rawValue, bytes) }
@@ -12,6 +13,9 @@ final class SendCounters: CounterBlock, @unchecked Sendable {
     @inline(__always) func noteKickError() { add(Index.kickErrors.rawValue, 1) }
     @inline(__always) func noteDropped() { add(Index.dropped.rawValue, 1) }
     @inline(__always) func add(forwarded: Int) { add(Index.forwarded.rawValue, forwarded) }
+    func noteLinkDown() { add(Index.linkDowns.rawValue, 1) }
+    func noteKernelDrop() { add(Index.kernelDrops.rawValue, 1) }
+    func noteStall() { add(Index.stalls.rawValue, 1) }
     @inline(__always) func add(invalidCompletions: Int) { add(Index.invalidCompletions.rawValue, invalidCompletions) }
     /// Lists completed (delivered) so far: with the lists `send` accepted, says whether any is outstanding.
     var completedLists: Int { read(Index.completedLists.rawValue) }
@@ -21,6 +25,8 @@ final class SendCounters: CounterBlock, @unchecked Sendable {
             completedLists: read(Index.completedLists.rawValue), queuedFrames: read(Index.queuedFrames.rawValue),
             ringFullEvents: read(Index.ringFull.rawValue), kicks: read(Index.kicks.rawValue),
             kickErrors: read(Index.kickErrors.rawValue), dropped: read(Index.dropped.rawValue),
-            invalidCompletions: read(Index.invalidCompletions.rawValue), forwardedPackets: read(Index.forwarded.rawValue))
+            invalidCompletions: read(Index.invalidCompletions.rawValue), forwardedPackets: read(Index.forwarded.rawValue),
+            linkDownEvents: read(Index.linkDowns.rawValue), kernelDroppedFrames: read(Index.kernelDrops.rawValue),
+            completionStalls: read(Index.stalls.rawValue))
     }
 }

@@ -30,6 +30,7 @@ final class SendRegion: @unchecked Sendable {
     @discardableResult
     func deliveringPass(admit: SendStatus) -> Bool {
         var progress = context.service(mailbox: door.mailbox, admit: admit)
+        if context.hasEvents { context.deliverEvents() }
         if context.deliver() {
             progress = true
             if !door.mailbox.isEmpty { context.service(mailbox: door.mailbox, admit: admit) }

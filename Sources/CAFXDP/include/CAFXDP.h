@@ -122,6 +122,15 @@ int cafxdp_socket_create_shared(struct xsk_socket **socket, const char *ifname,
 // Why a wrapper: the option length must match the struct the kernel expects.
 int cafxdp_statistics(int fd, struct xdp_statistics *out);
 
+// --- Link state -------------------------------------------------------------
+
+// Whether interface `ifindex` can carry frames now. Why a wrapper: struct
+// ifreq is a union Swift cannot fill readably. `fd` is any socket made in the
+// interface's network namespace (the ioctls answer for that namespace).
+// Returns 1 (up, with carrier), 0 (down, or no carrier), or -errno (-ENODEV:
+// no such interface any more).
+int cafxdp_link_usable(int fd, int ifindex);
+
 // --- Socket options ---------------------------------------------------------
 
 // Why here: Swift's Glibc module does not name the busy-polling options added

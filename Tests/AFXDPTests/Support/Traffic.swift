@@ -41,6 +41,9 @@ final class ReceiveChecker: @unchecked Sendable {
     /// Frames that arrived out of their stream's order (gaps or late ones).
     var outOfOrder: Int { flows.reduce(0) { $0 + $1.gaps + $1.reordered } }
     var corrupted: Int { flows.reduce(0) { $0 + $1.corrupted } }
+    /// Sequence numbers skipped (lost frames), and frames late or duplicated.
+    var gaps: Int { flows.reduce(0) { $0 + $1.gaps } }
+    var lateOrDuplicated: Int { flows.reduce(0) { $0 + $1.reordered } }
     var foreign: Int { flows.reduce(0) { $0 + $1.foreign } }
 
     func handle(_ indication: ReceiveIndication) {

@@ -1,0 +1,47 @@
+import CAFXDP
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a look at the interface found.
+enum LinkReading: Sendable, Equatable {
+    /// Up, with carrier: the kernel takes frames from the TX ring.
+    case usable
+    /// Down, or without carrier (e.g. a veth whose peer is down).
+    case down
+    /// The interface no longer exists.
+    case gone
+    /// The look failed for another reason (errno); nothing is concluded.
+    case unknown(Int32)
+}
+
+/// Reads an interface's link state: a datagram socket made in the
+/// interface's namespace, through which the kernel answers device ioctls for
+/// that namespace. Made when the port opens (inside the namespace) and kept
+/// until the port is gone, so any thread may read it at any time.
+final class LinkProbe: @unchecked Sendable {
+    // @unchecked: immutable after init; reading is a pair of ioctls.
+    private let fd: Int32
+    let ifindex: Int32
+
+    /// Call inside the interface's namespace. nil: no socket could be made
+    /// (the port then learns of a down link from its kicks alone).
+    init?(ifindex: Int32) {
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        self.fd = fd
+        self.ifindex = ifindex
+    }
+
+    deinit { Glibc.close(fd) }
+
+    func read() -> LinkReading {
+        let result = cafxdp_link_usable(fd, ifindex)
+        switch result {
+        case 1: return .usable
+        case 0: return .down
+        case -ENODEV, -ENXIO: return .gone
+        default: return .unknown(-result)
+        }
+    }
+}

@@ -1,0 +1,151 @@
+@testable import AFXDP
+import AFXDPTestbed
+import Glibc
+import Testing
+
+/// What a port's event handler was told, in order.
+final class EventRecorder: @unchecked Sendable {
+    // @unchecked: behind the lock.
+    let events = TestLock<[PortEvent]>([])
+    func handle(_ event: PortEvent) { events.withLock { $0.append(event) } }
+    var seen: [PortEvent] { events.withLock { $0 } }
+}
+
+/// Sends `count` lists of `size` frames numbered on from `next`, tagged for the completion checker.
+private func sendLists(
+    _ port: Port, count: Int, size: Int, next: inout Int, lists: inout Int, from: MACAddress, to: MACAddress
+) throws {
+    for _ in 0..<count {
+        let list = try #require(try port.allocateList(packetCount: size))
+        try fill(list, stream: 0, firstSequence: UInt64(next), length: 64, from: from, to: to)
+        try CompletionChecker.tag(list, stream: 0, number: UInt64(lists))
+        try port.send(list)
+        next += size
+        lists += 1
+    }
+}
+
+/// A link that goes down and comes back under ports with traffic both ways.
+@Suite("Link down and up", .serialized)
+struct LinkStateTests {
+    @Test("B set down with sends queued both ways: each side holds its sends (A: no carrier, B: down), stops kicking, reports .linkDown; back up, everything goes out in order, every send completes once with .success, and the only frames missing are the one A's kernel dropped as the carrier went")
+    func linkDownAndUpBothWays() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let (eventsA, eventsB) = (EventRecorder(), EventRecorder())
+            let (completionsA, completionsB) = (CompletionChecker(), CompletionChecker())
+            let (receivedA, receivedB) = (ReceiveChecker(), ReceiveChecker())
+            let configure: (EventRecorder) -> (inout PortConfiguration) -> Void = { recorder in
+                { $0.onEvent = recorder.handle; $0.transmitRingSize = 64; $0.completionRingSize = 64; $0.sendFrameCount = 4096 }
+            }
+            let a = try openPort(bed, end: "a", configure: configure(eventsA), onReceive: receivedA.handle, onSendComplete: completionsA.handle)
+            let b = try openPort(bed, end: "b", configure: configure(eventsB), onReceive: receivedB.handle, onSendComplete: completionsB.handle)
+            var (nextA, nextB, listsA, listsB) = (0, 0, 0, 0)
+            func drain(until done: () -> Bool, for duration: Duration) {
+                let deadline = Deadline(duration)
+                while !done(), !deadline.passed { a.poll(); b.poll() }
+            }
+            func recycle() throws {
+                for list in completionsA.takeFree() { try a.returnList(list) }
+                for list in completionsB.takeFree() { try b.returnList(list) }
+            }
+            // Both ways flowing, then quiet: nothing on the wire when the link goes.
+            try sendLists(a, count: 20, size: 8, next: &nextA, lists: &listsA, from: bed.macAddressA, to: bed.macAddressB)
+            try sendLists(b, count: 20, size: 8, next: &nextB, lists: &listsB, from: bed.macAddressB, to: bed.macAddressA)
+            drain(until: { receivedA.receivedCount == 160 && receivedB.receivedCount == 160 && completionsA.completed == 20 && completionsB.completed == 20 }, for: .seconds(10))
+            #expect(receivedA.receivedCount == 160 && receivedB.receivedCount == 160)
+            try recycle()
+            #expect(a.isLinkUp && b.isLinkUp)
+
+            try setLink(bed, end: "b", up: false)
+            #expect(!a.isLinkUp, "A's carrier went with B")
+            #expect(!b.isLinkUp)
+            // Sends while down: accepted, never refused.
+            try sendLists(a, count: 50, size: 8, next: &nextA, lists: &listsA, from: bed.macAddressA, to: bed.macAddressB)
+            try sendLists(b, count: 50, size: 8, next: &nextB, lists: &listsB, from: bed.macAddressB, to: bed.macAddressA)
+            drain(until: { false }, for: .milliseconds(200))
+            let kicksA = a.statistics.send.kicks, kicksB = b.statistics.send.kicks
+            drain(until: { false }, for: .milliseconds(200))
+            #expect(a.statistics.send.kicks == kicksA, "A stopped kicking a link without carrier (each kick would lose a frame)")
+            #expect(b.statistics.send.kicks == kicksB)
+            #expect(a.statistics.send.linkDownEvents == 1 && b.statistics.send.linkDownEvents == 1)
+            #expect(a.statistics.send.queuedFrames > 0 && b.statistics.send.queuedFrames > 0, "the sends wait in the engine")
+            #expect(eventsA.seen == [.linkDown] && eventsB.seen == [.linkDown])
+            #expect(a.currentState == .running && b.currentState == .running)
+
+            try setLink(bed, end: "b", up: true)
+            let dropped = a.statistics.send.kernelDroppedFrames
+            #expect(dropped <= 1, "at most the frame the kernel had in hand as the carrier went")
+            drain(until: {
+                completionsA.completed == 70 && completionsB.completed == 70
+                    && receivedB.receivedCount == 560 - dropped && receivedA.receivedCount == 560
+            }, for: .seconds(20))
+            #expect(eventsA.seen == [.linkDown, .linkUp] && eventsB.seen == [.linkDown, .linkUp])
+            for (name, completions) in [("A", completionsA), ("B", completionsB)] {
+                let state = completions.state.withLock { $0 }
+                #expect(state.completed == 70, "\(name): every send completed once")
+                #expect(state.outOfOrder == 0, "\(name): in send order")
+                #expect(state.statuses == [.success: 70], "\(name): \(state.statuses)")
+            }
+            #expect(receivedA.receivedCount == 560, "B's kernel took nothing while B was down: all of it arrived")
+            #expect(receivedB.receivedCount == 560 - dropped)
+            #expect(receivedB.gaps == dropped && receivedA.gaps == 0)
+            #expect(receivedA.lateOrDuplicated == 0 && receivedB.lateOrDuplicated == 0)
+            #expect(receivedA.corrupted == 0 && receivedB.corrupted == 0)
+            try recycle()
+            a.close()
+            b.close()
+            #expect(a.poolStatus.allFramesHome && b.poolStatus.allFramesHome)
+        }
+    }
+
+    @Test("a link down past linkDownTimeout: what the engine holds completes with .linkDown, behind (in order) what the kernel's TX ring had, which goes out when the link is back; sends while still down complete so too")
+    func linkDownTimeout() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let events = EventRecorder()
+            let completions = CompletionChecker()
+            let received = ReceiveChecker()
+            let a = try openPort(bed, end: "a", configure: {
+                $0.onEvent = events.handle
+                $0.linkDownTimeout = .milliseconds(200)
+                $0.transmitRingSize = 64
+                $0.completionRingSize = 64
+                $0.sendFrameCount = 1024
+            }, onSendComplete: completions.handle)
+            let b = try openPort(bed, end: "b", onReceive: received.handle)
+            try setLink(bed, end: "a", up: false)
+            var (next, lists) = (0, 0)
+            try sendLists(a, count: 30, size: 4, next: &next, lists: &lists, from: bed.macAddressA, to: bed.macAddressB)
+            var deadline = Deadline(seconds: 5)
+            while !events.seen.contains(.linkDownTimedOut), !deadline.passed { a.poll(); usleep(1_000) }
+            #expect(events.seen == [.linkDown, .linkDownTimedOut])
+            // Sent after the timeout, link still down.
+            try sendLists(a, count: 5, size: 4, next: &next, lists: &lists, from: bed.macAddressA, to: bed.macAddressB)
+            for _ in 0..<10 { a.poll() }
+            // The first send placed its list and kicked, and the kernel said
+            // the interface was down: that list waits in the TX ring, first in
+            // line; the others waited in the engine and timed out behind it.
+            #expect(completions.completed == 0)
+            #expect(a.statistics.send.queuedFrames == 0, "what the engine held has completed, waiting for delivery behind the first list")
+            try setLink(bed, end: "a", up: true)
+            deadline = Deadline(seconds: 10)
+            while completions.completed < 35, !deadline.passed { a.poll(); b.poll() }
+            let state = completions.state.withLock { $0 }
+            #expect(state.completed == 35)
+            #expect(state.outOfOrder == 0)
+            #expect(state.statuses == [.success: 1, .linkDown: 34], "\(state.statuses)")
+            #expect(received.receivedCount == 4, "what the TX ring held went out when the link came back")
+            #expect(received.gaps == 0 && received.corrupted == 0)
+            #expect(events.seen == [.linkDown, .linkDownTimedOut, .linkUp])
+            // And sending works again.
+            for list in completions.takeFree() { try a.returnList(list) }
+            try sendLists(a, count: 1, size: 4, next: &next, lists: &lists, from: bed.macAddressA, to: bed.macAddressB)
+            deadline = Deadline(seconds: 10)
+            while completions.completed < 36, !deadline.passed { a.poll(); b.poll() }
+            #expect(completions.state.withLock { $0.statuses[.success] } == 2)
+            for list in completions.takeFree() { try a.returnList(list) }
+            a.close()
+            b.close()
+            #expect(a.poolStatus.allFramesHome)
+        }
+    }
+}
