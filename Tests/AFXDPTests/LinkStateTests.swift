@@ -149,3 +149,111 @@ struct LinkStateTests {
         }
     }
 }
+
+/// The completion-stall watchdog and a down link, over the simulated kernel,
+/// which can hold completions back (a real one will not on demand).
+@Suite("Completion stall watchdog")
+struct StallWatchdogTests {
+    let a = MACAddress(bytes: [2, 0, 0, 0, 0, 1])
+    let b = MACAddress(bytes: [2, 0, 0, 0, 0, 2])
+
+    @Test("completions stand still with frames out: reported once past the first bound, resumed when they move; still past the second bound, the port closes itself and every send completes once, in order")
+    func stallReportedThenFails() throws {
+        let events = EventRecorder()
+        let completions = CompletionChecker()
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.completionStallTimeout = .milliseconds(50)
+        configuration.completionStallFailure = .milliseconds(400)
+        configuration.onEvent = events.handle
+        let (port, kernel) = try Port.openSimulated(
+            configuration, onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
+        kernel.completesOnTransmit = false
+        var (next, lists) = (0, 0)
+        try sendSimulated(port, count: 10, next: &next, lists: &lists)
+        #expect(kernel.transmit() == 40)
+        var deadline = Deadline(seconds: 5)
+        while !events.seen.contains(.completionStalled), !deadline.passed { port.poll(); usleep(200) }
+        #expect(events.seen == [.completionStalled])
+        #expect(port.statistics.send.completionStalls == 1)
+        #expect(port.currentState == .running && port.failure == nil)
+        // Two lists' worth come back: the stall is over.
+        #expect(kernel.complete(maximum: 8) == 8)
+        port.poll()
+        #expect(events.seen == [.completionStalled, .completionResumed])
+        #expect(completions.completed == 2)
+        // The rest never come: past the second bound the port gives up.
+        deadline = Deadline(seconds: 5)
+        while port.currentState != .closed, !deadline.passed { port.poll(); usleep(200) }
+        #expect(port.currentState == .closed)
+        #expect(port.failure == .completionStalled)
+        #expect(events.seen == [.completionStalled, .completionResumed, .completionStalled, .failed(.completionStalled)])
+        let state = completions.state.withLock { $0 }
+        #expect(state.completed == 10 && state.outOfOrder == 0)
+        #expect(state.statuses == [.success: 2, .closing: 8], "\(state.statuses)")
+        port.close()
+        for list in completions.takeFree() { try port.returnList(list) }
+        #expect(port.poolStatus.allFramesHome, "\(port.poolStatus)")
+    }
+
+    @Test("a link down is not a stall: sends wait (one sent from the event handler too), no stall is reported and the port stays open past both bounds; back up, all complete in order")
+    func linkDownIsNotAStall() throws {
+        let events = EventRecorder()
+        let completions = CompletionChecker()
+        let portBox = TestLock<Port?>(nil)
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.completionStallTimeout = .milliseconds(30)
+        configuration.completionStallFailure = .milliseconds(100)
+        configuration.linkDownTimeout = nil
+        let mac = a, peer = b
+        configuration.onEvent = { event in
+            events.handle(event)
+            // Calling back in from the event handler: a send, queued like any.
+            guard event == .linkDown, let port = portBox.withLock({ $0 }) else { return }
+            guard let list = try? port.allocateList(packetCount: 4) else { return }
+            try? fill(list, stream: 0, firstSequence: 1_000, length: 64, from: mac, to: peer)
+            try? CompletionChecker.tag(list, stream: 1, number: 0)
+            try? port.send(list)
+        }
+        let (port, kernel) = try Port.openSimulated(
+            configuration, onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
+        portBox.withLock { $0 = port }
+        defer { portBox.withLock { $0 = nil } }
+        kernel.linkUp = false
+        var (next, lists) = (0, 0)
+        try sendSimulated(port, count: 10, next: &next, lists: &lists)
+        let deadline = Deadline(.milliseconds(400))
+        while !deadline.passed {
+            kernel.transmit()
+            port.poll()
+            usleep(200)
+        }
+        #expect(events.seen == [.linkDown], "the silence was the link's: no stall")
+        #expect(port.currentState == .running && port.failure == nil)
+        #expect(port.statistics.send.completionStalls == 0 && port.statistics.send.linkDownEvents == 1)
+        #expect(completions.completed == 0)
+        kernel.linkUp = true
+        let done = Deadline(seconds: 5)
+        while completions.completed < 11, !done.passed {
+            kernel.transmit()
+            port.poll()
+            usleep(200)
+        }
+        #expect(events.seen == [.linkDown, .linkUp])
+        let state = completions.state.withLock { $0 }
+        #expect(state.completed == 11 && state.outOfOrder == 0 && state.statuses == [.success: 11])
+        for list in completions.takeFree() { try port.returnList(list) }
+        port.close()
+        #expect(port.poolStatus.allFramesHome)
+    }
+
+    private func sendSimulated(_ port: Port, count: Int, next: inout Int, lists: inout Int) throws {
+        for _ in 0..<count {
+            let list = try #require(try port.allocateList(packetCount: 4))
+            try fill(list, stream: 0, firstSequence: UInt64(next), length: 64, from: a, to: b)
+            try CompletionChecker.tag(list, stream: 0, number: UInt64(lists))
+            try port.send(list)
+            next += 4
+            lists += 1
+        }
+    }
+}
