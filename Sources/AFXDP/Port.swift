@@ -66,8 +66,10 @@ public final class Port: @unchecked Sendable {
     /// Things the port chose on the caller's behalf (e.g. a fallback to copy mode).
     public let notes: [String]
     let table: ListTable
-    /// Reads the interface's link state (nil: no way to), from any thread.
+    /// Reads the interface's link state (nil: no way to), from any thread;
+    /// the probe behind it closes with the socket.
     private let readLink: (@Sendable () -> LinkReading)?
+    private let linkProbe: LinkProbe?
     /// The longest list `allocateList` can give: the send pool's size.
     public var sendFrameCount: Int { sendPool.frameCount }
     /// The UMEM frames of the port's two pools.
@@ -136,8 +138,7 @@ public final class Port: @unchecked Sendable {
             }
             let socket = try XDPSocket(configuration: configuration, ifindex: ifindex, umem: umem)
             // Made here, inside the namespace: its ioctls answer for this one.
-            var readLink: (@Sendable () -> LinkReading)?
-            if let probe = LinkProbe(ifindex: ifindex) { readLink = { probe.read() } }
+            let linkProbe = LinkProbe(ifindex: ifindex)
             var notes: [String] = []
             if configuration.zeroCopy == .preferred && !socket.zeroCopy {
                 notes.append("zero-copy is not supported on \(configuration.interface); running in copy mode")
@@ -164,7 +165,7 @@ public final class Port: @unchecked Sendable {
                 port = try Port(
                     configuration: configuration, umem: umem, device: .socket(socket), program: program,
                     isZeroCopy: socket.zeroCopy, isAttachedNatively: program.attachedNatively, notes: notes,
-                    readLink: readLink,
+                    linkProbe: linkProbe,
                     onReceive: onReceive, onSendComplete: onSendComplete)
             } catch {
                 socket.close()  // socket, then program, as at close
@@ -216,7 +217,7 @@ public final class Port: @unchecked Sendable {
         let port = try Port(
             configuration: configuration, umem: umem, device: .simulated(kernel), program: nil, isZeroCopy: false,
             isAttachedNatively: false, notes: ["simulated: no interface; a SimulatedKernel plays the kernel"],
-            readLink: { [unowned kernel] in kernel.linkUp ? .usable : .down },
+            linkProbe: nil,
             onReceive: onReceive, onSendComplete: onSendComplete)
         return (port, kernel)
     }
@@ -235,7 +236,7 @@ public final class Port: @unchecked Sendable {
 
     private init(
         configuration: PortConfiguration, umem: UMEM, device: Device, program: XDPProgram?,
-        isZeroCopy: Bool, isAttachedNatively: Bool, notes: [String], readLink: (@Sendable () -> LinkReading)?,
+        isZeroCopy: Bool, isAttachedNatively: Bool, notes: [String], linkProbe: LinkProbe?,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
     ) throws(AFXDPError) {
@@ -254,6 +255,13 @@ public final class Port: @unchecked Sendable {
         self.isZeroCopy = isZeroCopy
         self.isAttachedNatively = isAttachedNatively
         self.notes = notes
+        self.linkProbe = linkProbe
+        let readLink: (@Sendable () -> LinkReading)?
+        switch device {
+        case .socket:
+            if let linkProbe { readLink = { linkProbe.read() } } else { readLink = nil }
+        case .simulated(let kernel): readLink = { [unowned kernel] in kernel.linkUp ? .usable : .down }
+        }
         self.readLink = readLink
         shared = SharedRegion(device: device, program: program)
         sendPool = SendPool(table: table, range: sendRange, id: sendID, lock: shared.lock)
@@ -629,6 +637,7 @@ public final class Port: @unchecked Sendable {
                 // namespace; only the detach needs the interface's namespace.
                 program?.unbind(queue: configuration.queue)
                 socket.close()
+                linkProbe?.close()
                 program?.release(namespace: configuration.networkNamespace)
             case .simulated(let kernel):
                 kernel.tearDown()

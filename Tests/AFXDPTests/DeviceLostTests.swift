@@ -102,3 +102,59 @@ extension DeviceLostTests {
         }
     }
 }
+
+extension DeviceLostTests {
+    @Test("A's namespace deleted under its open port: the namespace lives on while the port's sockets do, so the port keeps sending and B keeps receiving; A's close ends it, its veth with it, and B's port, its interface gone, closes itself; nothing is left on the host")
+    func namespaceDeletedUnderPort() throws {
+        try VethTestbed.withVethTestbed { bed in
+            let received = ReceiveChecker()
+            let completions = CompletionChecker()
+            let events = EventRecorder()
+            let a = try openPort(bed, end: "a", onSendComplete: completions.handle)
+            let b = try openPort(bed, end: "b", configure: { $0.onEvent = events.handle }, onReceive: received.handle)
+            var sent = 0
+            func send(_ lists: Int) throws {
+                for _ in 0..<lists {
+                    let list = try #require(try a.allocateList(packetCount: 8))
+                    try fill(list, stream: 0, firstSequence: UInt64(sent * 8), length: 64, from: bed.macAddressA, to: bed.macAddressB)
+                    try CompletionChecker.tag(list, stream: 0, number: UInt64(sent))
+                    try a.send(list)
+                    sent += 1
+                }
+            }
+            func run(until done: () -> Bool) {
+                let deadline = Deadline(seconds: 10)
+                while !done(), !deadline.passed { a.poll(); b.poll() }
+            }
+            try send(10)
+            run { received.receivedCount == 80 && completions.completed == 10 }
+            _ = try runCommand(["ip", "netns", "del", bed.namespaceA])
+            #expect(!(try runCommand(["ip", "netns", "list"])).contains(bed.namespaceA), "the name is gone")
+            try send(10)
+            run { received.receivedCount == 160 && completions.completed == 20 }
+            #expect(received.receivedCount == 160, "the port still sends: its sockets keep the namespace alive")
+            #expect(a.currentState == .running && a.failure == nil)
+
+            let started = ContinuousClock.now
+            a.close()
+            #expect(ContinuousClock.now - started < .seconds(3), "close does not wait out a namespace that has no name")
+            let state = completions.state.withLock { $0 }
+            #expect(state.completed == 20 && state.outOfOrder == 0 && state.statuses == [.success: 20])
+            for list in completions.takeFree() { try a.returnList(list) }
+            #expect(a.poolStatus.allFramesHome, "\(a.poolStatus)")
+
+            // The namespace ends with A's last socket, and its veth end with it: B's end goes too.
+            let gone = Deadline(seconds: 10)
+            while b.currentState != .closed, !gone.passed {
+                b.poll()
+                usleep(1_000)
+            }
+            #expect(b.currentState == .closed && b.failure == .deviceLost)
+            #expect(events.seen == [.failed(.deviceLost)])
+            #expect(!(try runCommand(["ip", "-n", bed.namespaceB, "link"])).contains(bed.interfaceB), "no veth left")
+            b.close()
+            #expect(b.poolStatus.allFramesHome)
+            #expect(received.corrupted == 0 && received.outOfOrder == 0)
+        }
+    }
+}

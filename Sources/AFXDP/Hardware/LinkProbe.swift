@@ -1,3 +1,4 @@
+import AFXDPSystem
 import CAFXDP
 #if canImport(Glibc)
 import Glibc
@@ -17,11 +18,13 @@ enum LinkReading: Sendable, Equatable {
 
 /// Reads an interface's link state: a datagram socket made in the
 /// interface's namespace, through which the kernel answers device ioctls for
-/// that namespace. Made when the port opens (inside the namespace) and kept
-/// until the port is gone, so any thread may read it at any time.
+/// that namespace. Made when the port opens (inside the namespace), closed
+/// with the port's socket: like any socket it keeps its namespace alive.
 final class LinkProbe: @unchecked Sendable {
-    // @unchecked: immutable after init; reading is a pair of ioctls.
-    private let fd: Int32
+    // @unchecked: the descriptor is read and closed under `lock`, so a
+    // reader on another thread never uses a number the close freed.
+    private let lock = PThreadLock()
+    private var fd: Int32
     let ifindex: Int32
 
     /// Call inside the interface's namespace. nil: no socket could be made
@@ -33,15 +36,26 @@ final class LinkProbe: @unchecked Sendable {
         self.ifindex = ifindex
     }
 
-    deinit { Glibc.close(fd) }
+    deinit { close() }
 
     func read() -> LinkReading {
-        let result = cafxdp_link_usable(fd, ifindex)
-        switch result {
-        case 1: return .usable
-        case 0: return .down
-        case -ENODEV, -ENXIO: return .gone
-        default: return .unknown(-result)
+        lock.withLock {
+            guard fd >= 0 else { return .gone }
+            let result = cafxdp_link_usable(fd, ifindex)
+            switch result {
+            case 1: return .usable
+            case 0: return .down
+            case -ENODEV, -ENXIO: return .gone
+            default: return .unknown(-result)
+            }
+        }
+    }
+
+    /// Idempotent; reads afterwards say `.gone`.
+    func close() {
+        lock.withLock {
+            if fd >= 0 { Glibc.close(fd) }
+            fd = -1
         }
     }
 }
