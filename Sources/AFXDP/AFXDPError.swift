@@ -68,9 +68,13 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
         case .namespaceNotFound(let name):
             return "no network namespace named '\(name)'; list them with `ip netns list`"
         case .permissionDenied(let operation, let errno):
+            // Entering another network namespace (setns) takes CAP_SYS_ADMIN as well.
+            let namespace = operation.hasPrefix("entering network namespace")
             return "\(operation) was refused (\(String(cString: strerror(errno)))): AF_XDP needs "
-                + "CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF and CAP_IPC_LOCK (or CAP_SYS_ADMIN); run as root, "
-                + "or grant them with `setcap cap_net_raw,cap_net_admin,cap_bpf,cap_ipc_lock+ep <binary>`"
+                + "CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF and CAP_IPC_LOCK (or CAP_SYS_ADMIN)"
+                + (namespace ? ", and entering a network namespace CAP_SYS_ADMIN" : "") + "; run as root, "
+                + "or grant them with `setcap cap_net_raw,cap_net_admin,cap_bpf,cap_ipc_lock"
+                + (namespace ? ",cap_sys_admin" : "") + "+ep <binary>`"
         case .xdpProgramAlreadyAttached(let interface, let id, let namespace):
             // The commands as they can be pasted: in the interface's namespace.
             let ip = namespace.map { "ip -n \($0)" } ?? "ip"

@@ -266,6 +266,28 @@ int cafxdp_link_usable(int fd, int ifindex)
     return (request.ifr_flags & IFF_RUNNING) ? 1 : 0;
 }
 
+int cafxdp_queue_count(const char *ifname)
+{
+    const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct ethtool_channels channels = { .cmd = ETHTOOL_GCHANNELS };
+    struct ifreq request;
+    memset(&request, 0, sizeof(request));
+    strncpy(request.ifr_name, ifname, IFNAMSIZ - 1);
+    request.ifr_data = (void *)&channels;
+    int result;
+    if (ioctl(fd, SIOCETHTOOL, &request) == 0) {
+        const unsigned rx = channels.rx_count + channels.combined_count;
+        const unsigned tx = channels.tx_count + channels.combined_count;
+        result = (int)(rx > tx ? rx : tx);
+    } else {
+        result = -errno;
+    }
+    close(fd);
+    return result;
+}
+
 int cafxdp_enter_network_namespace(int fd)
 {
     return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno;

@@ -48,6 +48,43 @@ struct BadInputTests {
         }
     }
 
+    @Test("a queue the interface does not have says how many it has; nothing is left attached, and queue 0 then opens")
+    func queueBeyondTheInterface() throws {
+        try VethTestbed.withVethTestbed { bed in
+            var configuration = PortConfiguration(interface: bed.interfaceA, queue: 99, networkNamespace: bed.namespaceA)
+            configuration.etherTypeFilter = TestFrame.etherType
+            #expect {
+                try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+            } throws: { error in
+                "\(error)".contains("queue 99 does not exist on \(bed.interfaceA), which has 1 queue(s): use a queue from 0 to 0")
+            }
+            #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
+            configuration.queue = 0
+            let port = try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+            port.close()
+        }
+    }
+
+    @Test("lengths out of range say what is allowed: below 1, and past the frame's room (without advising a frame size larger than allowed)")
+    func lengthMessages() throws {
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.frameSize = 4096
+        let (port, _) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+        defer { port.close() }
+        let list = try #require(try port.allocateList(packetCount: 1))
+        var errors: [AFXDPError] = []
+        _ = try list.packets.withPacket(at: 0) { packet in
+            for length in [-1, 4097] {
+                do throws(AFXDPError) { try packet.setLength(length) } catch { errors.append(error) }
+            }
+        }
+        try #require(errors.count == 2)
+        #expect(errors[0] == .invalidFrameLength(-1) && "\(errors[0])".contains("-1 bytes"))
+        let text = "\(errors[1])"
+        #expect(text.contains("4097") && !text.contains("use frameSize 4096") && text.contains("split the data"), "\(text)")
+        try port.returnList(list)
+    }
+
     @Test("without the capabilities, opening fails with what to grant, and leaves nothing attached")
     func noPrivilege() throws {
         try VethTestbed.withVethTestbed { bed in

@@ -235,6 +235,14 @@ final class XDPSocket: @unchecked Sendable {
                 operation: "binding to \(configuration.interface) queue \(configuration.queue) (another AF_XDP socket holds it)",
                 errno: error)
         }
+        if error == EINVAL {
+            let count = configuration.interface.withCString { cafxdp_queue_count($0) }
+            if count > 0, configuration.queue >= UInt32(count) {
+                return .invalidConfiguration(
+                    "queue \(configuration.queue) does not exist on \(configuration.interface), which has \(count) queue(s): "
+                        + "use a queue from 0 to \(count - 1), or give the interface more (`ethtool -L \(configuration.interface) ...`)")
+            }
+        }
         return .system(operation: "binding the AF_XDP socket to \(configuration.interface) queue \(configuration.queue)", errno: error)
     }
 

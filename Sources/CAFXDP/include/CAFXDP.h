@@ -131,6 +131,12 @@ int cafxdp_statistics(int fd, struct xdp_statistics *out);
 // no such interface any more).
 int cafxdp_link_usable(int fd, int ifindex);
 
+// How many queues an AF_XDP socket may bind to on interface `ifname` of the
+// caller's namespace (ETHTOOL_GCHANNELS: the larger of its RX and TX counts,
+// combined channels included). Why a wrapper: struct ifreq, as above. Returns
+// the count or -errno (-EOPNOTSUPP: the driver does not say).
+int cafxdp_queue_count(const char *ifname);
+
 // --- Socket options ---------------------------------------------------------
 
 // Why here: Swift's Glibc module does not name the busy-polling options added
