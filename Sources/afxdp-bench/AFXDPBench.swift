@@ -22,7 +22,7 @@ struct AFXDPBench: ParsableCommand {
             what was sent (completed) and never arrived; bound it with --window for a \
             lossless run. The report names the stack each end ran through.
             """,
-        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Forward.self, Sweep.self, NDR.self, Compare.self, CountInstructions.self],
+        subcommands: [Duplex.self, TxOnly.self, RxDrop.self, L2Fwd.self, Forward.self, Sweep.self, NDR.self, Soak.self, Compare.self, CountInstructions.self],
         defaultSubcommand: Duplex.self)
 
     struct Duplex: ParsableCommand {

@@ -175,6 +175,8 @@ final class Session {
     /// completions find their flow's generator here).
     private var senderTables: [UnsafeMutablePointer<UnsafeMutablePointer<SenderState>>] = []
     private let control = RunControl()
+    /// No header and no per-second lines (soak cycles, ndr trials after the first).
+    var quiet = false
     /// The per-second rates, for --plot.
     private(set) var timeline = Timeline()
     private var closed = false
@@ -472,7 +474,7 @@ final class Session {
             if let cpu = endpoints[end].cpu { try pin(thread, toCPU: cpu) }
         }
 
-        Report.printHeader(self)
+        if !quiet { Report.printHeader(self) }
         timeline = Timeline(names: directions.map(\.name), seconds: seconds)
         var previous = sample()
         let start = monotonicNanoseconds()
@@ -486,14 +488,14 @@ final class Session {
                 // The last interval, unless it is only a sliver.
                 if now - previousTick >= 500_000_000 {
                     let current = sample()
-                    Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
+                    if !quiet { Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current) }
                     timeline.record(elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
                 }
                 break
             }
             if now >= nextTick {
                 let current = sample()
-                Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
+                if !quiet { Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current) }
                 timeline.record(elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
                 previous = current
                 previousTick = now
@@ -681,6 +683,10 @@ final class Session {
         closed = true
         control.phase.store(RunControl.stopped, ordering: .releasing)
         for top in polled.joined() { top.close() }
+        for flow in directions.flatMap(\.flows) {
+            if let inbox = flow.sender.pointer.pointee.inbox { Generator.takeInbox(flow.sender.pointer, inbox) }
+            flow.sender.pointer.pointee.returnLists()
+        }
         tops = []
         polled = []
         ports = ports.map { _ in [] }

@@ -127,6 +127,13 @@ struct SenderState {
         totalLists = initial.count
     }
 
+    /// Once the ports have closed every list is ours again: each goes home
+    /// to its pool, so that the ports' frames are all home (soak checks it).
+    /// While the ports are still referenced (`port` is unowned).
+    func returnLists() {
+        for index in 0..<freeLists { try? port?.returnList(lists[index]) }
+    }
+
     func releaseStorage() {
         // The handles keep their pool alive: let go of them first.
         lists.deinitialize(count: totalLists)
@@ -233,7 +240,7 @@ enum Generator {
     }
 
     /// Completions another thread left for this flow: the lists are ours again.
-    private static func takeInbox(_ state: UnsafeMutablePointer<SenderState>, _ inbox: Locked<Inbox>) {
+    static func takeInbox(_ state: UnsafeMutablePointer<SenderState>, _ inbox: Locked<Inbox>) {
         let (sent, failed) = inbox.withLock { box -> (Int, Int) in
             for list in box.lists {
                 state.pointee.lists[state.pointee.freeLists] = list

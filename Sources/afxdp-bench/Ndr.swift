@@ -132,6 +132,8 @@ struct NDRSearch {
             print("")
             print("ndr trial \(index + 1): " + (offered == 0 ? "unpaced" : "offering \(Report.fmt(offered / 1e6, 4)) Mpps per direction"))
             let session = Session(mode: mode, options: trialOptions, endpoints: endpoints)
+            // The first trial's header says what runs; the table says the rest.
+            session.quiet = index > 0
             defer { session.close() }
             try session.open()
             let report = try session.run()
