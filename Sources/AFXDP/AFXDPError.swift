@@ -70,6 +70,12 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
         case .permissionDenied(let operation, let errno):
             // Entering another network namespace (setns) takes CAP_SYS_ADMIN as well.
             let namespace = operation.hasPrefix("entering network namespace")
+            if errno == ENOBUFS {
+                return "\(operation) was refused (\(String(cString: strerror(errno)))): the UMEM's memory stays locked, "
+                    + "which needs CAP_IPC_LOCK, or a memory-lock limit (`ulimit -l`, RLIMIT_MEMLOCK) larger than the UMEM; "
+                    + "run as root with CAP_IPC_LOCK, grant it with `setcap cap_net_raw,cap_net_admin,cap_bpf,cap_ipc_lock+ep <binary>`, "
+                    + "raise the limit, or make the UMEM smaller (fewer or smaller frames)"
+            }
             return "\(operation) was refused (\(String(cString: strerror(errno)))): AF_XDP needs "
                 + "CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF and CAP_IPC_LOCK (or CAP_SYS_ADMIN)"
                 + (namespace ? ", and entering a network namespace CAP_SYS_ADMIN" : "") + "; run as root, "

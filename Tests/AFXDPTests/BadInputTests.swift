@@ -120,6 +120,47 @@ struct BadInputTests {
         }
     }
 
+    @Test("without CAP_IPC_LOCK and with a memory-lock limit below the UMEM, opening says so (not a bare 'No buffer space'), and leaves nothing attached")
+    func noMemoryLock() throws {
+        try VethTestbed.withVethTestbed { bed in
+            // The limit binds only a thread without CAP_IPC_LOCK: lowered for
+            // the process for this test, it leaves every other thread alone.
+            var previous: UInt64 = 0
+            try #require(ctest_set_memlock_soft_limit(4 << 20, &previous) == 0)
+            defer { var ignored: UInt64 = 0; _ = ctest_set_memlock_soft_limit(previous, &ignored) }
+            let outcome = TestLock<Result<Void, AFXDPError>?>(nil)
+            runThreads(1) { _ in
+                do {
+                    try NetworkNamespace.withEntered(bed.namespaceA) {
+                        precondition(ctest_drop_effective_capability(14) == 0)  // CAP_IPC_LOCK
+                        defer { precondition(ctest_restore_effective_capabilities() == 0) }
+                        // The default: 32 MiB of UMEM, past the 4 MiB limit.
+                        let configuration = PortConfiguration(interface: bed.interfaceA)
+                        do {
+                            let port = try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+                            port.close()
+                            outcome.withLock { $0 = .success(()) }
+                        } catch let error as AFXDPError {
+                            outcome.withLock { $0 = .failure(error) }
+                        } catch {
+                            Issue.record("unexpected \(error)")
+                        }
+                    }
+                } catch {
+                    Issue.record("could not enter the namespace: \(error)")
+                }
+            }
+            let result = try #require(outcome.withLock { $0 })
+            guard case .failure(let error) = result, case .permissionDenied = error else {
+                Issue.record("expected permissionDenied, got \(result)")
+                return
+            }
+            let text = "\(error)"
+            #expect(text.contains("CAP_IPC_LOCK") && text.contains("ulimit -l") && text.contains("32 MiB"), "\(text)")
+            #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
+        }
+    }
+
     @Test("a leftover XDP program is explained with how to remove it; after removing it, opening works")
     func leftoverProgram() throws {
         try VethTestbed.withVethTestbed { bed in

@@ -178,7 +178,14 @@ final class XDPSocket: @unchecked Sendable {
                 UInt32(umem.frameSize), UInt32(umem.headroom), rings)
             if result != 0 {
                 lastError = -result
-                if SystemCalls.isPermissionError(lastError) || lastError == ENOBUFS && getuid() != 0 {
+                // ENOBUFS: the kernel could not lock the UMEM's pages, which
+                // takes CAP_IPC_LOCK or room under RLIMIT_MEMLOCK (root too).
+                if lastError == ENOBUFS {
+                    throw .permissionDenied(
+                        operation: "locking the UMEM's \(umem.area.size >> 20) MiB of memory (registering it with the kernel)",
+                        errno: lastError)
+                }
+                if SystemCalls.isPermissionError(lastError) {
                     throw .permissionDenied(operation: "registering the UMEM (AF_XDP socket)", errno: lastError)
                 }
                 throw .system(operation: "registering the UMEM", errno: lastError)
