@@ -95,6 +95,9 @@ struct LinkStateTests {
             a.close()
             b.close()
             #expect(a.poolStatus.allFramesHome && b.poolStatus.allFramesHome)
+            // The program's own counters outlive the port (frozen at close).
+            #expect(a.statistics.programRedirected == 560 && b.statistics.programRedirected == 560 - dropped,
+                "\(a.statistics.programRedirected), \(b.statistics.programRedirected)")
         }
     }
 
@@ -107,6 +110,10 @@ struct LinkStateTests {
             let a = try openPort(bed, end: "a", configure: {
                 $0.onEvent = events.handle
                 $0.linkDownTimeout = .milliseconds(200)
+                // Short stall bounds: the watchdog runs on a real socket, with
+                // frames out and no completion, and must see the down link first.
+                $0.completionStallTimeout = .milliseconds(50)
+                $0.completionStallFailure = .milliseconds(150)
                 $0.transmitRingSize = 64
                 $0.completionRingSize = 64
                 $0.sendFrameCount = 1024
@@ -135,7 +142,8 @@ struct LinkStateTests {
             #expect(state.statuses == [.success: 1, .linkDown: 34], "\(state.statuses)")
             #expect(received.receivedCount == 4, "what the TX ring held went out when the link came back")
             #expect(received.gaps == 0 && received.corrupted == 0)
-            #expect(events.seen == [.linkDown, .linkDownTimedOut, .linkUp])
+            #expect(events.seen == [.linkDown, .linkDownTimedOut, .linkUp], "no stall reported, the port never gave up")
+            #expect(a.statistics.send.completionStalls == 0 && a.failure == nil)
             // And sending works again.
             for list in completions.takeFree() { try a.returnList(list) }
             try sendLists(a, count: 1, size: 4, next: &next, lists: &lists, from: bed.macAddressA, to: bed.macAddressB)
