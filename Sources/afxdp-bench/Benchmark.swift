@@ -157,6 +157,41 @@ enum Benchmark {
     }
 }
 
+/// One testbed for many sessions in a row (ndr's trials, soak's cycles):
+/// the self-test, the signal handlers and the watchdog, the ends, and the
+/// options each session runs with (no JSON or plot of its own).
+struct RepeatedSessions {
+    let options: BenchOptions
+    let endpoints: [Endpoint]
+    let watchdog: Watchdog
+    private let removeTestbed: (@Sendable () -> Void)?
+
+    /// `options.seconds` defaults to `defaultSeconds`; the watchdog allows
+    /// what `watchdogSeconds` says for these options, unless --timeout does.
+    init(mode: Mode, options given: BenchOptions, defaultSeconds: Double, watchdogSeconds: (BenchOptions) -> Double) throws {
+        var options = given
+        options.seconds = given.secondsOption ?? defaultSeconds
+        options.json = false
+        options.plot = nil
+        try TestFrame.selfTest()
+        installSignalHandlers()
+        watchdog = try Watchdog.start(seconds: given.timeout ?? watchdogSeconds(options))
+        do {
+            (removeTestbed, endpoints) = try Benchmark.prepareEndpoints(mode: mode, options: options, watchdog: watchdog)
+        } catch {
+            watchdog.finish()
+            throw error
+        }
+        self.options = options
+    }
+
+    /// Removes the testbed (idempotent) and stops the watchdog.
+    func finish() {
+        removeTestbed?()
+        watchdog.finish()
+    }
+}
+
 /// The ports, the per-flow state, and the threads of one run.
 final class Session {
     let mode: Mode

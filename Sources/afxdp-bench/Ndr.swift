@@ -102,18 +102,12 @@ struct NDRSearch {
     let options: BenchOptions
 
     func run() throws {
-        var options = self.options
-        options.seconds = self.options.secondsOption ?? Self.defaultSeconds
-        options.json = false
-        options.plot = nil
-
-        try TestFrame.selfTest()
-        installSignalHandlers()
-        let watchdog = try Watchdog.start(
-            seconds: self.options.timeout ?? Double(trials) * (options.seconds + Self.slackPerTrial) + 30)
-        defer { watchdog.finish() }
-        let (testbed, endpoints) = try Benchmark.prepareEndpoints(mode: mode, options: options, watchdog: watchdog)
-        defer { testbed?() }
+        let trials = self.trials
+        let bed = try RepeatedSessions(mode: mode, options: self.options, defaultSeconds: Self.defaultSeconds) {
+            Double(trials) * ($0.seconds + Self.slackPerTrial) + 30
+        }
+        defer { bed.finish() }
+        let options = bed.options, endpoints = bed.endpoints
 
         var results: [NDRReport.Trial] = []
         var best: NDRReport.Trial?
@@ -163,7 +157,7 @@ struct NDRSearch {
                 failing = offered
             }
         }
-        testbed?()
+        bed.finish()
 
         let directions = Double(mode == .duplex || mode == .forward ? 2 : 1)
         let report = NDRReport(

@@ -79,18 +79,14 @@ struct SoakRun {
     let options: BenchOptions
 
     func run() throws {
-        var options = self.options
-        options.seconds = self.options.secondsOption ?? Self.defaultSeconds
-        if options.window == 0 { options.window = Self.defaultWindow }
-        options.json = false
-        options.plot = nil
-
-        try TestFrame.selfTest()
-        installSignalHandlers()
-        let watchdog = try Watchdog.start(seconds: self.options.timeout ?? minutes * 60 + options.seconds + 60)
-        defer { watchdog.finish() }
-        let (testbed, endpoints) = try Benchmark.prepareEndpoints(mode: .duplex, options: options, watchdog: watchdog)
-        defer { testbed?() }
+        var given = self.options
+        if given.window == 0 { given.window = Self.defaultWindow }
+        let minutes = self.minutes
+        let bed = try RepeatedSessions(mode: .duplex, options: given, defaultSeconds: Self.defaultSeconds) {
+            minutes * 60 + $0.seconds + 60
+        }
+        defer { bed.finish() }
+        let options = bed.options, endpoints = bed.endpoints
 
         print("soak: cycles of \(Report.fmt(options.seconds, 1)) s duplex traffic (window \(options.window)), pause, restart, close, for \(Report.fmt(minutes, 1)) min")
         print("cycle   A->B frames   B->A frames    Mpps   lost  corrupt  late/dup  outstanding  home   RSS MiB   fds  verdict")
@@ -106,7 +102,7 @@ struct SoakRun {
                 cycle.residentMiB, cycle.openFileDescriptors, cycle.passed ? "pass" : "FAIL"))
             for error in cycle.errors { print("ERROR: cycle \(cycle.cycle): \(error)") }
         }
-        testbed?()
+        bed.finish()
 
         // The first cycle warms up (lazily made buffers, the runtime's caches).
         let settled = cycles.dropFirst()

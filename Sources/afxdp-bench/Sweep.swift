@@ -101,19 +101,11 @@ enum SweepRun {
     static let slackPerSize = 15.0
 
     static func run(mode: Mode, sizes: [Int], options given: BenchOptions) throws {
-        var options = given
-        options.seconds = given.secondsOption ?? defaultSeconds
-        options.json = false
-        options.plot = nil
-
-        try TestFrame.selfTest()
-        installSignalHandlers()
-        let watchdog = try Watchdog.start(
-            seconds: given.timeout ?? Double(sizes.count) * (options.seconds + slackPerSize) + 30)
-        defer { watchdog.finish() }
-
-        let (testbed, endpoints) = try Benchmark.prepareEndpoints(mode: mode, options: options, watchdog: watchdog)
-        defer { testbed?() }
+        let bed = try RepeatedSessions(mode: mode, options: given, defaultSeconds: defaultSeconds) {
+            Double(sizes.count) * ($0.seconds + slackPerSize) + 30
+        }
+        defer { bed.finish() }
+        let options = bed.options, endpoints = bed.endpoints
 
         var runs: [RunReport] = []
         for (index, size) in sizes.enumerated() {
@@ -134,7 +126,7 @@ enum SweepRun {
             }
             for error in report.errors { print("ERROR: \(size) bytes: \(error)") }
         }
-        testbed?()
+        bed.finish()
 
         let reason = stopRequest.load(ordering: .relaxed)
         let sweep = SweepReport(

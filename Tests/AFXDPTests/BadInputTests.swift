@@ -88,33 +88,7 @@ struct BadInputTests {
     @Test("without the capabilities, opening fails with what to grant, and leaves nothing attached")
     func noPrivilege() throws {
         try VethTestbed.withVethTestbed { bed in
-            let outcome = TestLock<Result<Void, AFXDPError>?>(nil)
-            // Capabilities are per thread: only this thread loses them.
-            runThreads(1) { _ in
-                do {
-                    try NetworkNamespace.withEntered(bed.namespaceA) {
-                        precondition(ctest_drop_effective_capabilities() == 0)
-                        defer { precondition(ctest_restore_effective_capabilities() == 0) }
-                        let configuration = PortConfiguration(interface: bed.interfaceA)
-                        do {
-                            let port = try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
-                            port.close()
-                            outcome.withLock { $0 = .success(()) }
-                        } catch let error as AFXDPError {
-                            outcome.withLock { $0 = .failure(error) }
-                        } catch {
-                            Issue.record("unexpected \(error)")
-                        }
-                    }
-                } catch {
-                    Issue.record("could not enter the namespace: \(error)")
-                }
-            }
-            let result = try #require(outcome.withLock { $0 })
-            guard case .failure(let error) = result, case .permissionDenied = error else {
-                Issue.record("expected permissionDenied, got \(result)")
-                return
-            }
+            let error = try openWithCapabilitiesDropped(bed) { ctest_drop_effective_capabilities() }
             #expect("\(error)".contains("CAP_NET_RAW") && "\(error)".contains("setcap"))
             #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
         }
@@ -128,37 +102,44 @@ struct BadInputTests {
             var previous: UInt64 = 0
             try #require(ctest_set_memlock_soft_limit(4 << 20, &previous) == 0)
             defer { var ignored: UInt64 = 0; _ = ctest_set_memlock_soft_limit(previous, &ignored) }
-            let outcome = TestLock<Result<Void, AFXDPError>?>(nil)
-            runThreads(1) { _ in
-                do {
-                    try NetworkNamespace.withEntered(bed.namespaceA) {
-                        precondition(ctest_drop_effective_capability(14) == 0)  // CAP_IPC_LOCK
-                        defer { precondition(ctest_restore_effective_capabilities() == 0) }
-                        // The default: 32 MiB of UMEM, past the 4 MiB limit.
-                        let configuration = PortConfiguration(interface: bed.interfaceA)
-                        do {
-                            let port = try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
-                            port.close()
-                            outcome.withLock { $0 = .success(()) }
-                        } catch let error as AFXDPError {
-                            outcome.withLock { $0 = .failure(error) }
-                        } catch {
-                            Issue.record("unexpected \(error)")
-                        }
-                    }
-                } catch {
-                    Issue.record("could not enter the namespace: \(error)")
-                }
-            }
-            let result = try #require(outcome.withLock { $0 })
-            guard case .failure(let error) = result, case .permissionDenied = error else {
-                Issue.record("expected permissionDenied, got \(result)")
-                return
-            }
+            // The default port: 32 MiB of UMEM, past the 4 MiB limit.
+            let error = try openWithCapabilitiesDropped(bed) { ctest_drop_effective_capability(14) }  // CAP_IPC_LOCK
             let text = "\(error)"
             #expect(text.contains("CAP_IPC_LOCK") && text.contains("ulimit -l") && text.contains("32 MiB"), "\(text)")
             #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
         }
+    }
+
+    /// Opens a default port on A's interface from a thread of its own, inside
+    /// A's namespace, with the capabilities `drop` clears (capabilities are
+    /// per thread: only this one loses them); returns the permission error
+    /// the open must throw.
+    private func openWithCapabilitiesDropped(_ bed: VethTestbed, drop: @escaping @Sendable () -> Int32) throws -> AFXDPError {
+        let outcome = TestLock<Result<Void, AFXDPError>?>(nil)
+        runThreads(1) { _ in
+            do {
+                try NetworkNamespace.withEntered(bed.namespaceA) {
+                    precondition(drop() == 0)
+                    defer { precondition(ctest_restore_effective_capabilities() == 0) }
+                    do {
+                        let port = try Port.open(PortConfiguration(interface: bed.interfaceA), onReceive: { _ in }, onSendComplete: { _ in })
+                        port.close()
+                        outcome.withLock { $0 = .success(()) }
+                    } catch let error as AFXDPError {
+                        outcome.withLock { $0 = .failure(error) }
+                    } catch {
+                        Issue.record("unexpected \(error)")
+                    }
+                }
+            } catch {
+                Issue.record("could not enter the namespace: \(error)")
+            }
+        }
+        let result = try #require(outcome.withLock { $0 })
+        guard case .failure(let error) = result, case .permissionDenied = error else {
+            throw TestbedError(message: "expected permissionDenied, got \(result)")
+        }
+        return error
     }
 
     @Test("a leftover XDP program is explained with how to remove it; after removing it, opening works")
