@@ -448,13 +448,24 @@ final class SendContext: @unchecked Sendable {
 
     private var hasQueued: Bool { queuedPriorities != 0 }
 
+    /// Most kicks in one pass. Copy mode transmits inside the kick, 32
+    /// descriptors each (the kernel's batch), and the thread that kicks is
+    /// the one that refills its receive side: a pass that kicked a whole
+    /// ring of 4096 away would keep receive waiting some 6 ms while the peer
+    /// fills the RX ring from the fill ring. 8 kicks, 256 frames, then the
+    /// next pass (the receive side's turn comes between). Measured (duplex,
+    /// 8 s runs, alternating): fill-ring-empty drops in 1 run of 14 against
+    /// 3 of 14 kicking the ring empty, throughput level (1.03 on the means).
+    static let maximumKicksPerPass = 8
+
     /// Copy mode moves TX only on a kick, 32 descriptors at a time: kick
-    /// until the kernel has taken the ring or says to come back later.
+    /// until the kernel has taken the ring, says to come back later, or the
+    /// pass has kicked its share (`maximumKicksPerPass`).
     private func kick() -> Bool {
         guard tx.outstanding > 0 else { return false }
         if kickOnlyWhenAsked && !tx.needsWakeup { return false }
         var kicks = 0
-        let maximumKicks = Int(tx.size / 32) + 2
+        let maximumKicks = min(Int(tx.size / 32) + 2, Self.maximumKicksPerPass)
         while kicks < maximumKicks {
             kicks += 1
             switch SystemCalls.kickTransmit(socketFD) {
