@@ -123,26 +123,7 @@ func spawnAndWait(_ args: [String]) throws -> CommandOutput {
     posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
     posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
 
-    // Start the child with no blocked signals and SIGPIPE at its default,
-    // whatever the test runner has done to ours.
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    var defaultSignals = sigset_t()
-    sigemptyset(&defaultSignals)
-    sigaddset(&defaultSignals, SIGPIPE)
-    posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-    var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-    argv.append(nil)
-    defer { for pointer in argv { free(pointer) } }
-
-    var pid = pid_t()
-    let spawnResult = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+    let (pid, spawnResult) = spawn(executable, args, actions: &actions, defaultSignals: [SIGPIPE])
     close(outPipe[1])
     close(errPipe[1])
     guard spawnResult == 0 else {
@@ -175,6 +156,54 @@ func spawnAndWait(_ args: [String]) throws -> CommandOutput {
 
 /// Reads both pipes to end of file, alternating with poll so that neither can
 /// fill up and stall the child.
+/// Starts `args` (program name first, looked up like `runCommand`'s) in the
+/// background with its output thrown away, and returns its PID: the caller
+/// waits for it or kills it. SIGTERM and SIGINT are at their default action
+/// in the child, whatever the test runner did with them.
+public func spawnInBackground(_ args: [String]) throws -> pid_t {
+    precondition(!args.isEmpty, "spawnInBackground needs at least a program name")
+    guard let executable = resolveExecutable(args[0]) else {
+        throw TestbedError(message: "'\(args[0])' not found", command: args)
+    }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    let (pid, result) = spawn(executable, args, actions: &actions, defaultSignals: [SIGTERM, SIGINT])
+    guard result == 0 else {
+        throw TestbedError(message: "could not start \(executable): \(errnoText(result))", command: args)
+    }
+    return pid
+}
+
+/// posix_spawn with a clean signal state: no blocked signals (the test
+/// runner's threads may block some, and a child inherits its spawner's
+/// mask) and `defaultSignals` at their default action. Returns the PID and
+/// posix_spawn's result.
+private func spawn(
+    _ executable: String, _ args: [String], actions: inout posix_spawn_file_actions_t, defaultSignals: [Int32]
+) -> (pid_t, Int32) {
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var noSignals = sigset_t()
+    sigemptyset(&noSignals)
+    posix_spawnattr_setsigmask(&attributes, &noSignals)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for signal in defaultSignals { sigaddset(&defaults, signal) }
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+    var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+    argv.append(nil)
+    defer { for pointer in argv { free(pointer) } }
+    var pid = pid_t()
+    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+    return (pid, result)
+}
+
 private func drain(_ outFD: Int32, _ errFD: Int32) -> (String, String) {
     var out: [UInt8] = []
     var err: [UInt8] = []

@@ -83,31 +83,7 @@ struct LeftoverProgramTests {
             bench, "tx-only", "--interface", bed.interfaceA, "--namespace", bed.namespaceA, "--peer", bed.interfaceB,
             "--peer-namespace", bed.namespaceB, "--seconds", "30", "--timeout", "40",
         ]
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        // A clean signal state: the test runner's threads may block signals,
-        // and a child inherits its spawner's mask (SIGTERM would wait).
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        sigaddset(&defaults, SIGTERM)
-        sigaddset(&defaults, SIGINT)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var pid: pid_t = 0
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        let result = posix_spawn(&pid, bench, &actions, &attributes, argv, environ)
-        guard result == 0 else { throw TestFailure("could not start \(bench): errno \(result)") }
-        return pid
+        return try spawnInBackground(arguments)
     }
 
     func waitForPrograms(on bed: VethTestbed, present: Bool) throws {
