@@ -112,15 +112,9 @@ extension DeviceLostTests {
             let events = EventRecorder()
             let a = try openPort(bed, end: "a", onSendComplete: completions.handle)
             let b = try openPort(bed, end: "b", configure: { $0.onEvent = events.handle }, onReceive: received.handle)
-            var sent = 0
+            var (next, sent) = (0, 0)
             func send(_ lists: Int) throws {
-                for _ in 0..<lists {
-                    let list = try #require(try a.allocateList(packetCount: 8))
-                    try fill(list, stream: 0, firstSequence: UInt64(sent * 8), length: 64, from: bed.macAddressA, to: bed.macAddressB)
-                    try CompletionChecker.tag(list, stream: 0, number: UInt64(sent))
-                    try a.send(list)
-                    sent += 1
-                }
+                try sendLists(a, count: lists, size: 8, next: &next, lists: &sent, from: bed.macAddressA, to: bed.macAddressB)
             }
             func run(until done: () -> Bool) {
                 let deadline = Deadline(seconds: 10)

@@ -11,20 +11,6 @@ final class EventRecorder: @unchecked Sendable {
     var seen: [PortEvent] { events.withLock { $0 } }
 }
 
-/// Sends `count` lists of `size` frames numbered on from `next`, tagged for the completion checker.
-private func sendLists(
-    _ port: Port, count: Int, size: Int, next: inout Int, lists: inout Int, from: MACAddress, to: MACAddress
-) throws {
-    for _ in 0..<count {
-        let list = try #require(try port.allocateList(packetCount: size))
-        try fill(list, stream: 0, firstSequence: UInt64(next), length: 64, from: from, to: to)
-        try CompletionChecker.tag(list, stream: 0, number: UInt64(lists))
-        try port.send(list)
-        next += size
-        lists += 1
-    }
-}
-
 /// A link that goes down and comes back under ports with traffic both ways.
 @Suite("Link down and up", .serialized)
 struct LinkStateTests {
@@ -177,7 +163,7 @@ struct StallWatchdogTests {
             configuration, onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
         kernel.completesOnTransmit = false
         var (next, lists) = (0, 0)
-        try sendSimulated(port, count: 10, next: &next, lists: &lists)
+        try sendLists(port, count: 10, size: 4, next: &next, lists: &lists, from: a, to: b)
         #expect(kernel.transmit() == 40)
         var deadline = Deadline(seconds: 5)
         while !events.seen.contains(.completionStalled), !deadline.passed { port.poll(); usleep(200) }
@@ -228,7 +214,7 @@ struct StallWatchdogTests {
         defer { portBox.withLock { $0 = nil } }
         kernel.linkUp = false
         var (next, lists) = (0, 0)
-        try sendSimulated(port, count: 10, next: &next, lists: &lists)
+        try sendLists(port, count: 10, size: 4, next: &next, lists: &lists, from: a, to: b)
         let deadline = Deadline(.milliseconds(400))
         while !deadline.passed {
             kernel.transmit()
@@ -252,16 +238,5 @@ struct StallWatchdogTests {
         for list in completions.takeFree() { try port.returnList(list) }
         port.close()
         #expect(port.poolStatus.allFramesHome)
-    }
-
-    private func sendSimulated(_ port: Port, count: Int, next: inout Int, lists: inout Int) throws {
-        for _ in 0..<count {
-            let list = try #require(try port.allocateList(packetCount: 4))
-            try fill(list, stream: 0, firstSequence: UInt64(next), length: 64, from: a, to: b)
-            try CompletionChecker.tag(list, stream: 0, number: UInt64(lists))
-            try port.send(list)
-            next += 4
-            lists += 1
-        }
     }
 }

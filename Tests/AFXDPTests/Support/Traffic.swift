@@ -2,6 +2,7 @@ import AFXDP
 import AFXDPTestbed
 import Atomics
 import Glibc
+import Testing
 
 /// Several independent senders share one port in some tests: the top 16 bits
 /// of a sequence number name the stream, the rest count within it.
@@ -202,6 +203,21 @@ func lossReport(missing: Int, sender: Port, receiver: Port, bed: VethTestbed) ->
 func fill(_ list: PacketList, stream: Int, firstSequence: UInt64, length: Int, from: MACAddress, to: MACAddress) throws {
     try TestFrame.fill(
         list, length: length, firstSequence: Stream.sequence(stream: stream, firstSequence), source: from, destination: to)
+}
+
+/// Sends `count` lists of `size` frames of stream 0, numbered on from
+/// `next`, each tagged `lists` (counted on) for the completion checker.
+func sendLists(
+    _ port: Port, count: Int, size: Int, next: inout Int, lists: inout Int, from: MACAddress, to: MACAddress
+) throws {
+    for _ in 0..<count {
+        let list = try #require(try port.allocateList(packetCount: size))
+        try fill(list, stream: 0, firstSequence: UInt64(next), length: 64, from: from, to: to)
+        try CompletionChecker.tag(list, stream: 0, number: UInt64(lists))
+        try port.send(list)
+        next += size
+        lists += 1
+    }
 }
 
 /// Sends `total` frames from `port` in lists of `batch`, reusing completed
