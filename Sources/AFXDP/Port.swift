@@ -452,21 +452,17 @@ public final class Port: @unchecked Sendable {
         let now = monotonicNanoseconds()
         guard now &- lastDeviceCheck.load(ordering: .relaxed) >= 100_000_000 else { return }
         lastDeviceCheck.store(now, ordering: .relaxed)
-        if SystemCalls.pendingError(fd) == ENETDOWN { sendContext.deviceLost.store(true, ordering: .releasing) }
+        if SystemCalls.pendingError(fd) == ENETDOWN { sendContext.noteDeviceLost() }
     }
 
     /// The port's interface (or its network namespace) went away under it:
     /// the port closed itself, and every send still out completed with
     /// `.closing`. Lists the caller holds stay valid until returned.
-    public var isDeviceLost: Bool { sendContext.deviceLost.load(ordering: .acquiring) }
+    public var isDeviceLost: Bool { failure == .deviceLost }
 
     /// Why the port closed itself, if it did: its device is gone, or the
     /// kernel stopped completing sends (`completionStallFailure`).
-    public var failure: PortFailure? {
-        if sendContext.deviceLost.load(ordering: .acquiring) { return .deviceLost }
-        if sendContext.stallFailed.load(ordering: .acquiring) { return .completionStalled }
-        return nil
-    }
+    public var failure: PortFailure? { sendContext.failure }
 
     /// Whether the interface is up with carrier right now (asked of the
     /// kernel on each call; any thread). A simulated port: its kernel's

@@ -27,6 +27,22 @@ public enum PortFailure: Sendable, Equatable, CustomStringConvertible {
     /// with frames out: the kernel was not giving them back.
     case completionStalled
 
+    /// As the send region keeps it in one atomic word (0: no failure).
+    var code: UInt8 {
+        switch self {
+        case .deviceLost: return 1
+        case .completionStalled: return 2
+        }
+    }
+
+    init?(code: UInt8) {
+        switch code {
+        case 1: self = .deviceLost
+        case 2: self = .completionStalled
+        default: return nil
+        }
+    }
+
     public var description: String {
         switch self {
         case .deviceLost: return "the interface was deleted"

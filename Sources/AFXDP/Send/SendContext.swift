@@ -66,13 +66,18 @@ final class SendContext: @unchecked Sendable {
 
     // MARK: Counters (owner writes, anyone reads)
     let counters: SendCounters
-    /// The kernel said the socket's device is gone (ENXIO, ENODEV on a kick:
-    /// the interface or its namespace was deleted). Written by the owner,
-    /// read by the port's passes, which then close the port.
-    let deviceLost = ManagedAtomic<Bool>(false)
-    /// Set when the completion ring stood still past `stallFailure` with
-    /// frames out: the port's next pass closes it. Any thread reads.
-    let stallFailed = ManagedAtomic<Bool>(false)
+    /// Why the port must close itself, as `PortFailure.code` (0: it need
+    /// not): its device is gone (ENXIO, ENODEV on a kick, the link probe, or
+    /// ENETDOWN pending on an idle socket), or the completion ring stood
+    /// still past `stallFailure`. A lost device outranks a stall. Written by
+    /// the owner (and the idle check), read by the port's passes, which then
+    /// close the port. One word, so `poll` reads it once.
+    let failureCode = ManagedAtomic<UInt8>(0)
+
+    /// The device is gone: nothing in flight will ever complete.
+    func noteDeviceLost() { failureCode.store(PortFailure.deviceLost.code, ordering: .releasing) }
+
+    var failure: PortFailure? { PortFailure(code: failureCode.load(ordering: .acquiring)) }
 
     // MARK: Link and stall watch (owner-only, like the state above)
     let faults: SendFaultPolicy
@@ -184,7 +189,7 @@ final class SendContext: @unchecked Sendable {
             counters.noteLinkDown()
             post(.linkDown)
         case .gone:
-            deviceLost.store(true, ordering: .releasing)
+            noteDeviceLost()
         case .usable, .unknown:
             break
         }
@@ -206,7 +211,7 @@ final class SendContext: @unchecked Sendable {
             quietSince = 0
             post(.linkUp)
         case .gone:
-            deviceLost.store(true, ordering: .releasing)
+            noteDeviceLost()
         case .down, .unknown:
             if !linkTimedOut, let linkDownTimeout, now &- linkDownSince >= linkDownTimeout {
                 linkTimedOut = true
@@ -235,7 +240,9 @@ final class SendContext: @unchecked Sendable {
             post(.completionStalled)
         }
         if tx.outstanding > 0 { _ = SystemCalls.kickTransmit(socketFD) }
-        if let stallFailure, quiet >= stallFailure { stallFailed.store(true, ordering: .releasing) }
+        if let stallFailure, quiet >= stallFailure {
+            _ = failureCode.compareExchange(expected: 0, desired: PortFailure.completionStalled.code, ordering: .releasing)
+        }
     }
 
     private func completionsMoved() {
@@ -488,7 +495,7 @@ final class SendContext: @unchecked Sendable {
             case .failed(let error):
                 counters.noteKicks(kicks)
                 counters.noteKickError()
-                if error == ENXIO || error == ENODEV { deviceLost.store(true, ordering: .releasing) }
+                if error == ENXIO || error == ENODEV { noteDeviceLost() }
                 return false
             }
         }
