@@ -214,6 +214,8 @@ final class Session {
     var quiet = false
     /// The per-second rates, for --plot.
     private(set) var timeline = Timeline()
+    /// Each end's fill-ring drops, second by second, and whose fault they were.
+    private var starvation = StarvationTracker(ends: [], ringFrames: 0)
     private var closed = false
 
     init(mode: Mode, options: BenchOptions, endpoints: [Endpoint]) {
@@ -475,6 +477,7 @@ final class Session {
         }
         control.hardDeadline.store(
             monotonicNanoseconds() + UInt64(seconds * 1e9) + drainLimit + 5_000_000_000, ordering: .relaxed)
+        starvation = StarvationTracker(ends: endpoints.map(\.name), ringFrames: Int(options.ringSize))
         for end in endpoints.indices {
             let ports = polled[end]
             let senders = directions.filter { $0.senderEnd == end }.flatMap { $0.flows.map(\.sender) }
@@ -482,6 +485,7 @@ final class Session {
                 ? [] : directions.filter { $0.receiverEnd == end }.flatMap { $0.flows.map(\.receiver) }
             let control = self.control
             let listsPerPass = options.listsPerPass
+            let timing = starvation.timings[end]
             if threadPerQueue(end), let mux = Self.multiQueuePort(in: tops[end]) {
                 // tx-only over a multi-queue port: one sending thread per queue,
                 // each on a core of its own, driving its queue's port.
@@ -494,7 +498,8 @@ final class Session {
                     let above = ports
                     let thread = try startThread {
                         EndLoop.run(
-                            ports: own, nowAndThen: above, senders: [sender], receivers: [], listsPerPass: listsPerPass, control: control)
+                            ports: own, nowAndThen: above, senders: [sender], receivers: [], listsPerPass: listsPerPass, control: control,
+                            timing: timing)
                     }
                     threads.append(thread)
                     try pin(thread, toCPU: endpoints[end].cpu.map { ($0 + queue) % cpus } ?? queue % cpus)
@@ -503,7 +508,8 @@ final class Session {
             }
             let thread = try startThread {
                 EndLoop.run(
-                    ports: ports, senders: senders, receivers: receivers, listsPerPass: listsPerPass, control: control)
+                    ports: ports, senders: senders, receivers: receivers, listsPerPass: listsPerPass, control: control,
+                    timing: timing)
             }
             threads.append(thread)
             if let cpu = endpoints[end].cpu { try pin(thread, toCPU: cpu) }
@@ -532,6 +538,7 @@ final class Session {
                 let current = sample()
                 if !quiet { Report.printInterval(self, elapsed: now - start, interval: now - previousTick, previous: previous, current: current) }
                 timeline.record(elapsed: now - start, interval: now - previousTick, previous: previous, current: current)
+                starvation.record(intervalNanoseconds: now - previousTick, ports: ports)
                 previous = current
                 previousTick = now
                 nextTick += 1_000_000_000
@@ -555,6 +562,8 @@ final class Session {
         control.phase.store(RunControl.stopped, ordering: .releasing)
         for thread in threads { pthread_join(thread, nil) }
         threads.removeAll()
+        // The rest of the run, the drain included.
+        starvation.record(intervalNanoseconds: monotonicNanoseconds() - previousTick, ports: ports)
 
         return collect(elapsed: stopped - start, atStop: atStop)
     }
@@ -702,6 +711,7 @@ final class Session {
                     ?? ports[2].reduce(0) { $0 + $1.statistics.send.packets - $1.statistics.send.forwardedPackets })
                 : nil,
             stacks: tops.enumerated().map { end, top in StackReport(end: endpoints[end].name, stack: top.stack) },
+            receiveStarvation: starvation.results,
             errors: errors)
     }
 

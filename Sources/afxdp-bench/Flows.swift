@@ -539,6 +539,41 @@ final class RunControl: Sendable {
     init() { _ = (pad0, pad1) }
 }
 
+/// How long an end's thread stayed away from its ports, published by that
+/// thread for the main thread's per-second sample: the longest gap between
+/// two passes, and the most time across such a gap that was not the
+/// thread's own CPU time (wall time less CLOCK_THREAD_CPUTIME_ID: softirq
+/// work done on its CPU, which the kernel does not charge to the thread,
+/// the hypervisor, or the scheduler running something else). A port's fill
+/// ring runs dry only while its thread is away longer than the ring lasts
+/// at the arriving rate; these two tell the thread's own long passes from
+/// the time the kernel or the machine took from it.
+///
+/// Ownership: the end's thread writes (atomic max); the main thread takes
+/// and resets each interval's figures with `exchange`.
+final class PassTiming: Sendable {
+    private let pad0 = CacheLinePad(repeating: 0)
+    /// Longest wall-clock gap between two pass starts this interval, ns.
+    let longestGap = Atomic<UInt64>(0)
+    /// The most time across one long gap that was not the thread's CPU time, ns.
+    let longestAway = Atomic<UInt64>(0)
+    private let pad1 = CacheLinePad(repeating: 0)
+    init() { _ = (pad0, pad1) }
+
+    /// A gap at least this long is looked at (a thread CPU-time read, a
+    /// system call): rare enough to cost nothing per pass.
+    static let gapWorthMeasuring: UInt64 = 500_000
+    /// Passes between two CPU-time checkpoints.
+    static let checkpointEvery: UInt32 = 256
+
+    /// The calling thread's CPU time (user and system), ns.
+    static func threadCPUNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+        return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+    }
+}
+
 enum EndLoop {
     /// Idle passes in a row after which the thread yields its CPU once (the
     /// two ends may share a core with each other or with other work).
@@ -563,7 +598,7 @@ enum EndLoop {
     /// threads on two cores do not poll each other's queues every pass.
     static func run(
         ports: [any PacketPort], nowAndThen: [any PacketPort] = [], senders: [Owned<SenderState>],
-        receivers: [Owned<ReceiverState>], listsPerPass: Int, control: RunControl
+        receivers: [Owned<ReceiverState>], listsPerPass: Int, control: RunControl, timing: PassTiming? = nil
     ) {
         while control.phase.load(ordering: .acquiring) == RunControl.setup {
             if monotonicNanoseconds() > control.hardDeadline.load(ordering: .relaxed) { return }
@@ -578,9 +613,31 @@ enum EndLoop {
         }
         var iteration: UInt32 = 0
         var idlePasses = 0
+        // Pass timing: one clock read a pass; a CPU-time checkpoint every
+        // 256 passes, so that a long gap's time away is (wall - CPU) since
+        // the last checkpoint, whose window the gap ends.
+        var passStart = monotonicNanoseconds()
+        var checkpointWall = passStart
+        var checkpointCPU = PassTiming.threadCPUNanoseconds()
         while true {
             let phase = control.phase.load(ordering: .relaxed)
             if phase >= RunControl.stopped { break }
+            if let timing {
+                let now = monotonicNanoseconds()
+                let gap = now &- passStart
+                passStart = now
+                if gap >= PassTiming.gapWorthMeasuring || iteration % PassTiming.checkpointEvery == 0 {
+                    let cpu = PassTiming.threadCPUNanoseconds()
+                    if gap >= PassTiming.gapWorthMeasuring {
+                        let wall = now &- checkpointWall
+                        let onCPU = cpu &- checkpointCPU
+                        timing.longestGap.max(gap, ordering: .relaxed)
+                        timing.longestAway.max(wall > onCPU ? wall - onCPU : 0, ordering: .relaxed)
+                    }
+                    checkpointWall = now
+                    checkpointCPU = cpu
+                }
+            }
             var progress = false
             if phase == RunControl.running {
                 for sender in senders where Generator.generate(sender, maximumLists: listsPerPass) > 0 { progress = true }

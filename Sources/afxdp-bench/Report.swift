@@ -103,6 +103,9 @@ struct RunReport: Codable {
     var copies: Int?
     /// What each end ran through, from the top down.
     var stacks: [StackReport]
+    /// Per end: frames lost to an empty fill ring, put down to the
+    /// scheduler (thread off CPU) or to the engine (thread busy elsewhere).
+    var receiveStarvation: [ReceiveStarvation]
     var errors: [String]
 }
 
@@ -266,6 +269,13 @@ enum Report {
             ]
         }
         printTable(portColumns, portRows)
+        for side in report.receiveStarvation where side.dropped > 0 {
+            print(
+                "end \(side.end): \(side.dropped) frames dropped at the socket (fill ring empty or RX ring full): \(side.whileAway) while its thread was held off "
+                    + "its CPU (softirq, hypervisor, scheduler), \(side.whileBusy) while it was busy elsewhere (its own); "
+                    + "longest pass gap \(fmt(side.longestPassGapMilliseconds, 2)) ms, of it not its own CPU time "
+                    + "\(fmt(side.longestAwayMilliseconds, 2)) ms")
+        }
         print("")
         for stack in report.stacks {
             print("stack of end \(stack.end) (depth \(stack.depth)):")

@@ -102,10 +102,10 @@ struct BadInputTests {
             var previous: UInt64 = 0
             try #require(ctest_set_memlock_soft_limit(4 << 20, &previous) == 0)
             defer { var ignored: UInt64 = 0; _ = ctest_set_memlock_soft_limit(previous, &ignored) }
-            // The default port: 32 MiB of UMEM, past the 4 MiB limit.
+            // The default port: 48 MiB of UMEM (12288 frames of 4096), past the 4 MiB limit.
             let error = try openWithCapabilitiesDropped(bed) { ctest_drop_effective_capability(14) }  // CAP_IPC_LOCK
             let text = "\(error)"
-            #expect(text.contains("CAP_IPC_LOCK") && text.contains("ulimit -l") && text.contains("32 MiB"), "\(text)")
+            #expect(text.contains("CAP_IPC_LOCK") && text.contains("ulimit -l") && text.contains("48 MiB"), "\(text)")
             #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
         }
     }
