@@ -216,6 +216,8 @@ final class Session {
     private(set) var timeline = Timeline()
     /// Each end's fill-ring drops, second by second, and whose fault they were.
     private var starvation = StarvationTracker(ends: [], ringFrames: 0)
+    /// The interfaces' own drop counters when traffic began.
+    private var interfaceDropsAtStart: [InterfaceDrops] = []
     private var closed = false
 
     init(mode: Mode, options: BenchOptions, endpoints: [Endpoint]) {
@@ -478,6 +480,7 @@ final class Session {
         control.hardDeadline.store(
             monotonicNanoseconds() + UInt64(seconds * 1e9) + drainLimit + 5_000_000_000, ordering: .relaxed)
         starvation = StarvationTracker(ends: endpoints.map(\.name), ringFrames: Int(options.ringSize))
+        interfaceDropsAtStart = interfaces().compactMap { InterfaceDrops.read(end: $0.end, interface: $0.interface, namespace: $0.namespace) }
         for end in endpoints.indices {
             let ports = polled[end]
             let senders = directions.filter { $0.senderEnd == end }.flatMap { $0.flows.map(\.sender) }
@@ -566,6 +569,18 @@ final class Session {
         starvation.record(intervalNanoseconds: monotonicNanoseconds() - previousTick, ports: ports)
 
         return collect(elapsed: stopped - start, atStop: atStop)
+    }
+
+    /// Every interface of the run, with its end and namespace (F has two).
+    private func interfaces() -> [(end: String, interface: String, namespace: String?)] {
+        endpoints.flatMap { endpoint in
+            [(endpoint.name, endpoint.interface, endpoint.namespace)]
+                + (endpoint.secondInterface.map { [(endpoint.name, $0, endpoint.namespace)] } ?? [])
+        }
+    }
+
+    private func interfaceNamespace(_ interface: String) -> String? {
+        interfaces().first { $0.interface == interface }?.namespace
     }
 
     /// Whether an end runs a thread per queue: the sending end of tx-only
@@ -712,6 +727,10 @@ final class Session {
                 : nil,
             stacks: tops.enumerated().map { end, top in StackReport(end: endpoints[end].name, stack: top.stack) },
             receiveStarvation: starvation.results,
+            interfaceDrops: interfaceDropsAtStart.compactMap { start in
+                InterfaceDrops.read(end: start.end, interface: start.interface, namespace: interfaceNamespace(start.interface))
+                    .map { $0.since(start) }
+            },
             errors: errors)
     }
 

@@ -106,6 +106,9 @@ struct RunReport: Codable {
     /// Per end: frames lost to an empty fill ring, put down to the
     /// scheduler (thread off CPU) or to the engine (thread busy elsewhere).
     var receiveStarvation: [ReceiveStarvation]
+    /// Per interface: what its own counters say it dropped during the run
+    /// (veth's, outside any socket).
+    var interfaceDrops: [InterfaceDrops]
     var errors: [String]
 }
 
@@ -269,6 +272,11 @@ enum Report {
             ]
         }
         printTable(portColumns, portRows)
+        for drops in report.interfaceDrops where drops.receiveDropped > 0 || drops.transmitDropped > 0 {
+            print(
+                "interface \(drops.interface) (end \(drops.end)): its own counters dropped \(drops.receiveDropped) received and "
+                    + "\(drops.transmitDropped) sent frames (the kernel's, outside the sockets)")
+        }
         for side in report.receiveStarvation where side.dropped > 0 {
             print(
                 "end \(side.end): \(side.dropped) frames dropped at the socket (fill ring empty or RX ring full): \(side.whileAway) while its thread was held off "

@@ -27,6 +27,8 @@
 // they are put down to time the thread did not get.
 
 import AFXDP
+import AFXDPTestbed
+import Foundation
 import Synchronization
 
 /// Each end's receive side over the run, second by second. (RX-ring-full
@@ -55,7 +57,7 @@ struct StarvationTracker {
 
     /// Takes one interval's figures: what the kernel counted at each end's
     /// ports since the last call, and how long each end's thread was away.
-    mutating func record(intervalNanoseconds: UInt64, ports: [[Port]]) {
+    mutating func record(intervalNanoseconds: UInt64, ports: [[AFXDP.Port]]) {
         let seconds = max(Double(intervalNanoseconds) / 1e9, 1e-3)
         for end in ends.indices where end < ports.count {
             var fillEmpty = 0
@@ -133,4 +135,37 @@ struct ReceiveStarvation: Codable, Equatable {
     var intervals: [Interval] = []
 
     init(end: String) { self.end = end }
+}
+
+/// What an interface's own counters say it dropped (`ip -s link`: for veth,
+/// frames its peer's queue had no room for, and XDP's own drops), apart
+/// from what any socket dropped.
+struct InterfaceDrops: Codable, Equatable {
+    var end: String
+    var interface: String
+    var receiveDropped: Int
+    var transmitDropped: Int
+
+    /// The counters now; nil when `ip` cannot say (they are a report's
+    /// extra, never a reason to fail a run).
+    static func read(end: String, interface: String, namespace: String?) -> InterfaceDrops? {
+        var command = ["ip"]
+        if let namespace { command += ["-n", namespace] }
+        command += ["-s", "-j", "link", "show", "dev", interface]
+        guard let text = try? runCommand(command), let data = text.data(using: .utf8),
+            let links = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]],
+            let stats = links.first?["stats64"] as? [String: Any],
+            let rx = stats["rx"] as? [String: Any], let tx = stats["tx"] as? [String: Any]
+        else { return nil }
+        return InterfaceDrops(
+            end: end, interface: interface,
+            receiveDropped: (rx["dropped"] as? Int) ?? 0, transmitDropped: (tx["dropped"] as? Int) ?? 0)
+    }
+
+    /// What was dropped between `earlier` and these counts.
+    func since(_ earlier: InterfaceDrops) -> InterfaceDrops {
+        InterfaceDrops(
+            end: end, interface: interface, receiveDropped: receiveDropped - earlier.receiveDropped,
+            transmitDropped: transmitDropped - earlier.transmitDropped)
+    }
 }
