@@ -79,7 +79,11 @@ static __always_inline __u32 ethertype_filter(void)
 	return value ? *value : 0;
 }
 
-SEC("xdp")
+// "xdp.frags": the program may see frames in several buffers (jumbo frames,
+// multi-buffer XDP). It reads only the Ethernet header, which is always in
+// the first; veth refuses a program without this mark on an interface
+// whose MTU is past one page.
+SEC("xdp.frags")
 int afxdp_redirect(struct xdp_md *ctx)
 {
 	__u32 filter;

@@ -56,6 +56,10 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     case packetIndexOutOfRange(index: Int, count: Int)
     /// The port is closed.
     case portClosed
+    /// The list's last entry is marked `continues`: its packet never ends.
+    case unfinishedPacket
+    /// A packet of the list spans frames (multi-buffer) on a port opened without `multiBuffer`.
+    case multiBufferNotEnabled(interface: String)
 
     public var description: String {
         switch self {
@@ -106,6 +110,7 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
         case .frameTooLarge(let length, let maximum):
             return "frame of \(length) bytes does not fit a UMEM frame (at most \(maximum) bytes here); "
                 + (maximum <= 2048 ? "use frameSize 4096, or split the data" : "split the data into frames of at most \(maximum) bytes")
+                + " (a jumbo frame: open the port with multiBuffer and spread it over entries marked setLength(_:continues: true))"
         case .emptyFrame:
             return "a packet of this list has no length set (a frame of length 0 cannot be sent); "
                 + "call setLength with 1 byte or more on every packet before sending"
@@ -134,6 +139,12 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
             return "packet index \(index) is outside this list of \(count) packets"
         case .portClosed:
             return "the port is closed; open a new one"
+        case .unfinishedPacket:
+            return "the last packet of this list is marked to continue in a next entry that does not exist; "
+                + "set the last entry of every packet with setLength(_:continues: false) (or setLength(_:))"
+        case .multiBufferNotEnabled(let interface):
+            return "a packet of this list continues across frames (setLength(_:continues: true)), but the port on "
+                + "\(interface) was opened without multi-buffer; open it with PortConfiguration.multiBuffer = true"
         }
     }
 }

@@ -279,7 +279,7 @@ public final class Port: @unchecked Sendable {
         sendContext = sendRegion.context
         receiveContext = ReceiveContext(
             table: table, range: receiveRange, id: receiveID, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
-            batchSize: configuration.receiveBatchSize, onReceive: onReceive)
+            batchSize: configuration.receiveBatchSize, multiBuffer: configuration.multiBuffer, onReceive: onReceive)
         receiveDoorbell = receiveContext.door
         receiveContext.port = self
         sendContext.port = self
@@ -336,6 +336,7 @@ public final class Port: @unchecked Sendable {
         // A stale or busy handle says so before anything is read through it.
         let record = try list.ownedRecord()
         guard record.pointee.unsetLengths == 0 else { throw .emptyFrame }
+        if record.pointee.continuations > 0 { try checkPacketRuns(list) }
         // Through the gate: once the teardown has begun, refused; before it,
         // the teardown waits until this list is in the mailbox.
         let gate = sendGate.loadThenWrappingIncrement(ordering: .sequentiallyConsistent)
@@ -358,6 +359,18 @@ public final class Port: @unchecked Sendable {
         // Placed now if no other thread is running the send side; otherwise
         // that thread (or the next poll) takes it from the mailbox.
         sendDoorbell.runIfFree(rounds: 4) { placingPass() }
+    }
+
+    /// A list with entries marked `continues` (multi-buffer): only on a port
+    /// opened for it, and never with its last packet unfinished (the kernel
+    /// would hold it, waiting for descriptors that never come).
+    private func checkPacketRuns(_ list: PacketList) throws(AFXDPError) {
+        guard configuration.multiBuffer else { throw .multiBufferNotEnabled(interface: configuration.interface) }
+        var last = XDPDescriptor(address: 0, length: 0)
+        table.forEachSlot(of: list.slot) { _, packets in
+            if let entry = packets.last { last = entry }
+        }
+        guard last.options & XDPDescriptor.continues == 0 else { throw .unfinishedPacket }
     }
 
     #if DEBUG

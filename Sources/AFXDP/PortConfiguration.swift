@@ -28,6 +28,12 @@ public struct PortConfiguration: Sendable {
     public var sendFrameCount: Int?
     /// Most packets indicated in one received list.
     public var receiveBatchSize: UInt32 = 64
+    /// Multi-buffer AF_XDP (XDP_USE_SG, Linux 6.6): a packet longer than a
+    /// frame (a jumbo frame) arrives, and is sent, as a run of entries of
+    /// one list, each a frame, every one but the last marked
+    /// `Packet.continues`. Off: such packets are dropped by the kernel. A
+    /// port on a shared UMEM takes the UMEM's first port's setting.
+    public var multiBuffer = false
 
     public enum ZeroCopy: Sendable {
         /// Copy mode always.

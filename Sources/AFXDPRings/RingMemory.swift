@@ -9,6 +9,10 @@ public struct XDPDescriptor: Equatable, Sendable {
     public var length: UInt32
     public var options: UInt32
 
+    /// The option bit (XDP_PKT_CONTD) saying the packet goes on in the next
+    /// descriptor: multi-buffer AF_XDP, sockets bound with XDP_USE_SG.
+    public static let continues: UInt32 = 1 << 0
+
     @inlinable
     public init(address: UInt64, length: UInt32, options: UInt32 = 0) {
         self.address = address

@@ -152,7 +152,7 @@ struct BadInputTests {
             _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
             fclose(file)
             defer { unlink(path) }
-            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "xdpgeneric", "obj", path, "sec", "xdp"])
+            try runCommand(["ip", "-n", bed.namespaceA, "link", "set", "dev", bed.interfaceA, "xdpgeneric", "obj", path, "sec", "xdp.frags"])
             #expect(try hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
 
             var message = ""

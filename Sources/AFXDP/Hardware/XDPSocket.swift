@@ -128,6 +128,11 @@ final class XDPSocket: @unchecked Sendable {
     private static func checkSharing(
         _ configuration: PortConfiguration, _ registration: UMEMRegistration, _ binding: UMEMRegistration.Binding
     ) throws(AFXDPError) {
+        guard !configuration.multiBuffer else {
+            throw .invalidConfiguration(
+                "multiBuffer is for a port with a UMEM of its own (the kernel takes XDP_USE_SG only on the socket that "
+                    + "registers the UMEM); open this port without a shared UMEM, or without multiBuffer")
+        }
         guard !registration.bindings.contains(binding) else {
             throw .invalidConfiguration(
                 "a port on this UMEM is already bound to \(configuration.interface) queue \(configuration.queue); "
@@ -162,6 +167,7 @@ final class XDPSocket: @unchecked Sendable {
         _ configuration: PortConfiguration, _ umem: UMEM, _ rings: UnsafeMutablePointer<cafxdp_rings>
     ) throws(AFXDPError) -> (OpaquePointer, OpaquePointer, Bool) {
         let wakeup: UInt16 = configuration.useNeedWakeup ? UInt16(XDP_USE_NEED_WAKEUP) : 0
+        let multiBuffer: UInt16 = configuration.multiBuffer ? UInt16(CAFXDP_BIND_USE_SG) : 0
         let attempts: [UInt16]
         switch configuration.zeroCopy {
         case .never: attempts = [UInt16(XDP_COPY)]
@@ -194,7 +200,7 @@ final class XDPSocket: @unchecked Sendable {
             let queue = configuration.queue, rxSize = configuration.receiveRingSize
             let txSize = configuration.transmitRingSize
             result = configuration.interface.withCString { name in
-                cafxdp_socket_create(&socket, name, queue, handle, rxSize, txSize, mode | wakeup, rings)
+                cafxdp_socket_create(&socket, name, queue, handle, rxSize, txSize, mode | wakeup | multiBuffer, rings)
             }
             if result == 0, let socket, let handle {
                 return (handle, socket, mode == UInt16(XDP_ZEROCOPY))

@@ -176,6 +176,11 @@ final class LayerCore: @unchecked Sendable {
             // The copy path: the layer holds the caller's list until the
             // fresh list it was copied into completes.
             guard record.pointee.unsetLengths == 0 else { throw .emptyFrame }
+            guard record.pointee.continuations == 0 else {
+                throw .invalidConfiguration(
+                    "a packet spanning frames (multi-buffer) cannot be copied to a port on another UMEM; "
+                        + "send it on a port of the list's own UMEM")
+            }
             try list.table.transition(list, from: .caller, to: .engine)
             layer.pointee.role = .upperSendCopied
             layer.pointee.frames = record.pointee.count

@@ -42,6 +42,9 @@ struct ListRecord {
     /// Packets whose length has not been set yet: a list is sendable at 0.
     /// Kept by `Packet.setLength`, so that `send` checks in O(1).
     @usableFromInline var unsetLengths: UInt32
+    /// Packets marked `continues` (multi-buffer: the packet goes on in the
+    /// next entry): `send` checks them in O(1) when there are none.
+    @usableFromInline var continuations: UInt32
     @usableFromInline var status: SendStatus
     @usableFromInline var priority: UInt8
     /// Send side: whether the list is already in the in-flight FIFO.
@@ -196,7 +199,7 @@ final class ListTable: @unchecked Sendable {
         lists.initialize(
             repeating: ListRecord(
                 chunkBase: 0, chunkNext: noSlot, chunkCount: 0, count: 0, next: noSlot, placeChunk: noSlot, placeIndex: 0,
-                outstanding: 0, placedBytes: 0, placedPackets: 0, unsetLengths: 0, status: .pending, priority: 0,
+                outstanding: 0, placedBytes: 0, placedPackets: 0, unsetLengths: 0, continuations: 0, status: .pending, priority: 0,
                 inFlight: false, ownersStamped: false),
             count: frameCount)
         for slot in 0..<frameCount { lists[slot].chunkBase = UInt32(slot) * Self.inlineCapacity }
@@ -504,6 +507,7 @@ struct TableLayout {
         lists[Int(slot)].placeChunk = noSlot
         lists[Int(slot)].placeIndex = 0
         lists[Int(slot)].placedPackets = 0
+        lists[Int(slot)].continuations = 0
         lists[Int(slot)].next = noSlot
     }
 

@@ -313,5 +313,40 @@ public struct Packet: ~Copyable {
         // A packet of length 0 is counted in `unsetLengths`: it cannot go below 0.
         if entry.pointee.length == 0 { record.pointee.unsetLengths &-= 1 }
         entry.pointee.length = UInt32(truncatingIfNeeded: length)
+        if entry.pointee.options != 0 { setContinues(false) }
+    }
+
+    /// Multi-buffer (`PortConfiguration.multiBuffer`): whether the packet
+    /// goes on in the list's next entry. A packet longer than a frame is a
+    /// run of entries, every one but the last marked so; received lists
+    /// come marked by the kernel, and a run never spans two lists.
+    @inlinable public var continues: Bool {
+        get throws(AFXDPError) {
+            try check()
+            return entry.pointee.options & XDPDescriptor.continues != 0
+        }
+    }
+
+    /// Sets this entry's length and marks whether the packet goes on in the
+    /// list's next entry (multi-buffer): the packet's bytes are its entries'
+    /// bytes, in order. `send` refuses a list whose last entry continues, or
+    /// one with a marked entry on a port without `multiBuffer`.
+    @inlinable
+    public func setLength(_ length: Int, continues: Bool) throws(AFXDPError) {
+        try setLength(length)
+        if continues { setContinues(true) }
+    }
+
+    @inlinable @inline(__always)
+    func setContinues(_ continues: Bool) {
+        let was = entry.pointee.options & XDPDescriptor.continues != 0
+        guard was != continues else { return }
+        if continues {
+            entry.pointee.options |= XDPDescriptor.continues
+            record.pointee.continuations &+= 1
+        } else {
+            entry.pointee.options &= ~XDPDescriptor.continues
+            record.pointee.continuations &-= 1
+        }
     }
 }

@@ -44,6 +44,9 @@ final class ReceiveContext: @unchecked Sendable {
     /// Frames submitted to the fill ring and not yet seen again on RX.
     @exclusivity(unchecked) private(set) var framesWithKernel = 0
     let batchSize: UInt32
+    /// Multi-buffer (XDP_USE_SG): a packet may be a run of descriptors,
+    /// which one list always holds whole.
+    let multiBuffer: Bool
     /// Below this many frames with the kernel, the port is low on receive resources.
     let lowWatermark: Int
     /// Whether the last refill left the kernel fewer than `lowWatermark` frames.
@@ -73,7 +76,7 @@ final class ReceiveContext: @unchecked Sendable {
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
     init(table listTable: ListTable, range: ListTable.Range, id: UInt16, rx: RingMemory, fill: RingMemory, socketFD: Int32,
-         batchSize: UInt32, onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
+         batchSize: UInt32, multiBuffer: Bool = false, onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
         self.listTable = listTable
         table = listTable.layout
         self.range = range
@@ -84,6 +87,7 @@ final class ReceiveContext: @unchecked Sendable {
         self.fill = ProducerRing(fill)
         self.socketFD = socketFD
         self.batchSize = batchSize
+        self.multiBuffer = multiBuffer
         self.onReceive = onReceive
         lowWatermark = Int(batchSize)
         freeFrames = IndexStack(capacity: range.frameCount)
@@ -235,8 +239,12 @@ final class ReceiveContext: @unchecked Sendable {
 
     /// Indicates one list of up to `batchSize` received packets.
     private func indicateOnce() -> Bool {
-        let (start, count) = rx.peek(upTo: batchSize)
+        var (start, count) = rx.peek(upTo: batchSize)
         guard count > 0 else { return false }
+        if multiBuffer, rx[start &+ count &- 1].options & XDPDescriptor.continues != 0 {
+            count = extendToPacketEnd(start: start, count: count)
+            guard count > 0 else { return false }
+        }
         // A slot holds a packet or more, and there is a slot per receive
         // frame: slots never run out before frames do.
         guard let head = freeSlots.pop() else { invariantFailed("no free receive list slot", file: #file, line: #line) }
@@ -283,15 +291,42 @@ final class ReceiveContext: @unchecked Sendable {
         list.pointee.unsetLengths = 0
         list.pointee.ownersStamped = false
         table.resetHeader(head)
+        var continuations: UInt32 = 0
+        if multiBuffer {
+            table.forEachSlot(of: head) { _, packets in
+                for packet in packets { continuations &+= packet.options & XDPDescriptor.continues }
+            }
+            list.pointee.continuations = continuations
+        }
         let lowResources = framesWithKernel + freeFrames.count < lowWatermark
         held.store(held.load(ordering: .relaxed) &+ Int(count), ordering: .relaxed)
-        counters.add(packets: Int(count), bytes: bytes)
+        counters.add(packets: Int(count &- continuations), bytes: bytes)
         let generation = table.generation(of: head)
         table.setState(head, .caller, generation: generation)
         let indication = ReceiveIndication(
             port: port, list: PacketList(table: listTable, slot: head, generation: generation), lowResources: lowResources)
         HandlerContext.run { onReceive(indication) }
         return true
+    }
+
+    /// A peeked run that ends inside a packet (multi-buffer) takes the rest
+    /// of that packet's descriptors, so that one list holds it whole. The
+    /// kernel publishes a packet's descriptors together; should the rest be
+    /// missing anyway, the unfinished packet is left in the ring for the
+    /// next pass. Returns the run's new length (0: nothing whole yet).
+    private func extendToPacketEnd(start: UInt32, count: UInt32) -> UInt32 {
+        var count = count
+        while rx[start &+ count &- 1].options & XDPDescriptor.continues != 0 {
+            let (_, more) = rx.peek(upTo: 1)
+            if more == 0 {
+                var whole = count
+                while whole > 0, rx[start &+ whole &- 1].options & XDPDescriptor.continues != 0 { whole -= 1 }
+                rx.cancel(count - whole)
+                return whole
+            }
+            count &+= 1
+        }
+        return count
     }
 
     /// Close, once the socket is gone: the fill and RX rings are gone with it,

@@ -342,10 +342,10 @@ final class SendContext: @unchecked Sendable {
             for packet in packets {
                 let frame = packet.address &>> shift
                 invariant(frame < frameCount, "a packet's address \(packet.address) is outside the UMEM")
-                // Received descriptors are kept as the kernel wrote them; their
-                // options are 0 without multi-buffer (XDP_USE_SG, never set
-                // here), and a TX descriptor with other bits would be refused.
-                invariant(packet.options == 0, "a received descriptor carries options \(packet.options): multi-buffer is never enabled")
+                // Received descriptors are kept as the kernel wrote them: their
+                // only option is multi-buffer's continuation mark, and a TX
+                // descriptor with other bits would be refused.
+                invariant(packet.options & ~XDPDescriptor.continues == 0, "a descriptor carries options \(packet.options)")
                 table.frameOwner[Int(truncatingIfNeeded: frame)] = list
             }
         }

@@ -137,6 +137,16 @@ int cafxdp_link_usable(int fd, int ifindex);
 // the count or -errno (-EOPNOTSUPP: the driver does not say).
 int cafxdp_queue_count(const char *ifname);
 
+// --- Multi-buffer -----------------------------------------------------------
+
+// Multi-buffer AF_XDP (Linux 6.6): the bind flag, and the descriptor option
+// saying the packet goes on in the next descriptor. Debian 12's UAPI
+// headers (6.1) predate both.
+enum {
+    CAFXDP_BIND_USE_SG = 1 << 4,      // XDP_USE_SG
+    CAFXDP_DESCRIPTOR_CONTINUES = 1,  // XDP_PKT_CONTD
+};
+
 // --- Socket options ---------------------------------------------------------
 
 // Why here: Swift's Glibc module does not name the busy-polling options added
