@@ -100,7 +100,7 @@ struct BenchOptions: ParsableArguments {
         set { secondsOption = newValue }
     }
 
-    @Option(name: .customLong("frame-size"), help: "Ethernet frame length in bytes, without FCS (64...1514).")
+    @Option(name: .customLong("frame-size"), help: "Ethernet frame length in bytes, without FCS (64...9000; past 1514, a jumbo frame: the veth MTU is raised and each frame spans UMEM frames, multi-buffer; duplex, tx-only and rx-drop).")
     var frameSize: Int = 64
 
     @Option(help: "Packets per list: per send, and most packets per receive indication.")
@@ -196,8 +196,12 @@ struct BenchOptions: ParsableArguments {
         guard seconds > 0, seconds <= 86_400 else {
             throw ValidationError("--seconds must be more than 0 and at most 86400, not \(seconds)")
         }
-        guard (64...1514).contains(frameSize) else {
-            throw ValidationError("--frame-size must be 64...1514 (an Ethernet frame without FCS), not \(frameSize)")
+        guard (64...9000).contains(frameSize) else {
+            throw ValidationError("--frame-size must be 64...9000 (an Ethernet frame without FCS), not \(frameSize)")
+        }
+        if frameSize > 1514, queues != 1 || through != .none || interface != nil {
+            throw ValidationError(
+                "jumbo frames (--frame-size past 1514) run on the benchmark's own veth pair, one queue, no driver stacked")
         }
         guard ringSize >= 8, ringSize <= 1 << 16 else {
             throw ValidationError("--ring-size must be a power of two from 8 to 65536, not \(ringSize)")

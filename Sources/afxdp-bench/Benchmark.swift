@@ -264,6 +264,7 @@ final class Session {
     // MARK: Open
 
     func open() throws {
+        if options.frameSize > 1514 { try prepareJumboFrames() }
         for end in 0..<2 { tops.append(try openEnd(end)) }
         polled = tops.map { [$0] }
         if mode == .forward {
@@ -336,6 +337,7 @@ final class Session {
         configuration.useNeedWakeup = !options.noNeedWakeup
         configuration.busyPoll = options.busyPoll ? PortConfiguration.BusyPoll() : nil
         configuration.etherTypeFilter = TestFrame.etherType
+        configuration.multiBuffer = options.frameSize > 1514
         return configuration
     }
 
@@ -364,6 +366,25 @@ final class Session {
             throw BenchError("cannot open F's bridge on \(endpoint.interface) and \(second) in namespace \(endpoint.namespace ?? "-"): \(error)")
         }
     }
+
+    /// Jumbo frames: on the benchmark's own veth pair only, in the modes
+    /// that run them; raises both ends' MTU (it counts the frame without
+    /// its Ethernet header; a larger one does the smaller sizes no harm).
+    private func prepareJumboFrames() throws {
+        guard Self.runsJumboFrames(mode) else {
+            throw BenchError("jumbo frames (frames past 1514 bytes) run in duplex, tx-only and rx-drop; not in \(mode.rawValue)")
+        }
+        guard options.queues == 1, options.through == .none, options.interface == nil else {
+            throw BenchError("jumbo frames run on the benchmark's own veth pair, one queue, no driver stacked")
+        }
+        for endpoint in endpoints {
+            var command = ["ip"]
+            if let namespace = endpoint.namespace { command += ["-n", namespace] }
+            try runCommand(command + ["link", "set", "dev", endpoint.interface, "mtu", String(options.frameSize - 14)])
+        }
+    }
+
+    static func runsJumboFrames(_ mode: Mode) -> Bool { mode == .duplex || mode == .txOnly || mode == .rxDrop }
 
     /// Opens one end: a port, or a multi-queue port over its queues, with
     /// the `--through` driver on top; then gives its senders their lists.
@@ -448,13 +469,33 @@ final class Session {
         }
         arrival.multiQueuePort = Self.multiQueuePort(in: top)
         for forwarder in forwarders { forwarder.pointer.pointee.port = top }
+        // Jumbo frames: how many entries (UMEM frames) a frame spans.
+        var entriesPerFrame = 1
+        if options.frameSize > 1514 {
+            for receiver in receivers { receiver.pointer.pointee.useJumboFrames(maximumLength: options.frameSize) }
+            guard let probe = try top.allocateList(packetCount: 1) else {
+                top.close()
+                throw BenchError("end \(endpoint.name): the send pool is empty")
+            }
+            let room = try probe.packets.withPacket(at: 0) { packet throws(AFXDPError) in try packet.capacity } ?? 1
+            try top.returnList(probe)
+            entriesPerFrame = (options.frameSize + room - 1) / room
+        }
         if let sending {
             let peer = endpoints[directions[sending].forwarderEnd ?? directions[sending].receiverEnd]
             for (queue, sender) in senders.enumerated() {
                 var lists: [PacketList] = []
-                while lists.count < sender.pointer.pointee.capacity, let list = try top.allocateList(packetCount: options.batch) {
-                    try TestFrame.fill(
-                        list, length: options.frameSize, firstSequence: 0, source: endpoint.macAddress, destination: peer.macAddress)
+                if entriesPerFrame > 1 { sender.pointer.pointee.useJumboFrames(entries: entriesPerFrame) }
+                while lists.count < sender.pointer.pointee.capacity,
+                    let list = try top.allocateList(packetCount: options.batch * entriesPerFrame) {
+                    if let scratch = sender.pointer.pointee.scratch {
+                        try Generator.fillJumbo(
+                            list, entries: entriesPerFrame, length: options.frameSize, scratch: scratch,
+                            source: endpoint.macAddress, destination: peer.macAddress)
+                    } else {
+                        try TestFrame.fill(
+                            list, length: options.frameSize, firstSequence: 0, source: endpoint.macAddress, destination: peer.macAddress)
+                    }
                     lists.append(list)
                 }
                 guard !lists.isEmpty else {
@@ -759,6 +800,7 @@ final class Session {
         for direction in directions {
             for flow in direction.flows {
                 flow.sender.pointer.pointee.releaseStorage()
+                flow.receiver.pointer.pointee.releaseStorage()
                 flow.sender.free()
                 flow.receiver.free()
                 flow.forwarder?.free()

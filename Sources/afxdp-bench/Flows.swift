@@ -104,6 +104,11 @@ struct SenderState {
     let nanosecondsPerPacket: Double
     var pacingStart: UInt64 = 0
     var pacedPackets = 0
+    /// Jumbo frames (multi-buffer): list entries per frame, and where each
+    /// frame is written whole before its pieces go into its entries. 1 and
+    /// nil otherwise.
+    var entriesPerPacket = 1
+    var scratch: UnsafeMutableRawPointer?
 
     init(counters: FlowCounters, capacity: Int, frameLength: Int, window: Int, packetsPerSecond: Double = 0) {
         self.counters = counters
@@ -138,6 +143,13 @@ struct SenderState {
         // The handles keep their pool alive: let go of them first.
         lists.deinitialize(count: totalLists)
         lists.deallocate()
+        scratch?.deallocate()
+    }
+
+    /// Jumbo frames: from now on each frame spans `entries` list entries.
+    mutating func useJumboFrames(entries: Int) {
+        entriesPerPacket = entries
+        scratch = .allocate(byteCount: frameLength, alignment: 8)
     }
 }
 
@@ -160,14 +172,20 @@ enum Generator {
             let list = state.pointee.lists[state.pointee.freeLists - 1]
             do {
                 let packets = try list.packets
-                if state.pointee.window > 0, !windowAdmits(state, packets.count) { break }
-                if state.pointee.nanosecondsPerPacket > 0, !paceAdmits(state, packets.count) { break }
+                // Frames, not entries (a jumbo frame spans several).
+                let frames = packets.count / state.pointee.entriesPerPacket
+                if state.pointee.window > 0, !windowAdmits(state, frames) { break }
+                if state.pointee.nanosecondsPerPacket > 0, !paceAdmits(state, frames) { break }
                 state.pointee.freeLists -= 1
                 let timestamp = monotonicNanoseconds()
                 var sequence = state.pointee.nextSequence
-                try packets.forEach { packet throws(AFXDPError) in
-                    TestFrame.rewrite(try packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
-                    sequence &+= 1
+                if let scratch = state.pointee.scratch {
+                    sequence = try rewriteJumbo(packets, scratch: scratch, frameLength: frameLength, sequence: sequence, timestamp: timestamp)
+                } else {
+                    try packets.forEach { packet throws(AFXDPError) in
+                        TestFrame.rewrite(try packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
+                        sequence &+= 1
+                    }
                 }
                 state.pointee.nextSequence = sequence
                 // Runs no handler: completions come from this thread's poll.
@@ -185,6 +203,47 @@ enum Generator {
             }
         }
         return sent
+    }
+
+    /// Jumbo frames: each frame written whole into `scratch`, then copied
+    /// piece by piece into its run of entries (their lengths were set when
+    /// the list was first filled). Returns the next sequence number.
+    static func rewriteJumbo(
+        _ packets: PacketList.Packets, scratch: UnsafeMutableRawPointer, frameLength: Int, sequence first: UInt64, timestamp: UInt64
+    ) throws(AFXDPError) -> UInt64 {
+        var sequence = first
+        var offset = 0
+        try packets.forEach { packet throws(AFXDPError) in
+            if offset == 0 { TestFrame.rewrite(scratch, length: frameLength, sequence: sequence, timestamp: timestamp) }
+            let piece = try packet.bytes
+            piece.baseAddress!.copyMemory(from: scratch + offset, byteCount: piece.count)
+            offset += piece.count
+            if try !packet.continues {
+                offset = 0
+                sequence &+= 1
+            }
+        }
+        return sequence
+    }
+
+    /// Jumbo frames: writes test frames into a list of whole runs of
+    /// `entries` entries each, and sets each entry's length and mark.
+    static func fillJumbo(
+        _ list: PacketList, entries: Int, length: Int, scratch: UnsafeMutableRawPointer, source: MACAddress, destination: MACAddress
+    ) throws(AFXDPError) {
+        TestFrame.write(
+            into: UnsafeMutableRawBufferPointer(start: scratch, count: length), length: length, sequence: 0, timestamp: 0,
+            source: source, destination: destination)
+        var index = 0
+        var offset = 0
+        try list.packets.forEach { packet throws(AFXDPError) in
+            let count = min(length - offset, try packet.capacity)
+            try packet.buffer.baseAddress!.copyMemory(from: scratch + offset, byteCount: count)
+            let last = index % entries == entries - 1
+            try packet.setLength(count, continues: !last)
+            offset = last ? 0 : offset + count
+            index += 1
+        }
     }
 
     /// How far a paced flow may fall behind before it gives up the credit:
@@ -264,7 +323,7 @@ enum Generator {
         for list in batch {
             let state = states[min(flow(of: list), flows - 1)]
             if let inbox = state.pointee.inbox {
-                let count = (try? list.count) ?? 0
+                let count = ((try? list.count) ?? 0) / state.pointee.entriesPerPacket
                 let success = (try? list.status) == .success
                 inbox.withLock { box in
                     box.lists.append(list)
@@ -272,7 +331,7 @@ enum Generator {
                 }
                 continue
             }
-            let count = (try? list.count) ?? 0
+            let count = ((try? list.count) ?? 0) / state.pointee.entriesPerPacket
             if (try? list.status) == .success { state.pointee.sentPackets += count } else { state.pointee.failedPackets += count }
             state.pointee.lists[state.pointee.freeLists] = list
             state.pointee.freeLists += 1
@@ -291,7 +350,7 @@ enum Generator {
         var failed = 0
         for list in batch {
             // The list is ours (just completed): these cannot throw.
-            let count = (try? list.count) ?? 0
+            let count = ((try? list.count) ?? 0) / state.pointee.entriesPerPacket
             if (try? list.status) == .success { sent += count } else { failed += count }
             state.pointee.lists[state.pointee.freeLists] = list
             state.pointee.freeLists += 1
@@ -324,8 +383,19 @@ struct ReceiverState {
     var latency = Histogram<UInt64>(highestTrackableValue: 10_000_000_000, numberOfSignificantValueDigits: .three)
     var runValue: UInt64 = 0
     var runCount: UInt64 = 0
+    /// Jumbo frames: where a frame's run of entries is joined to be checked
+    /// whole (a copy the engine does not make; the benchmark's own).
+    var scratch: UnsafeMutableRawPointer?
+    var scratchCapacity = 0
 
     init(counters: FlowCounters) { self.counters = counters }
+
+    mutating func useJumboFrames(maximumLength: Int) {
+        scratch = .allocate(byteCount: maximumLength, alignment: 8)
+        scratchCapacity = maximumLength
+    }
+
+    func releaseStorage() { scratch?.deallocate() }
 
     /// Records the pending run; call once traffic has stopped.
     mutating func flushLatency() {
@@ -345,9 +415,21 @@ enum Receiver {
         var runCount = state.pointee.runCount
         // An indicated list is ours until returned: the accessors cannot
         // throw here; if one did, the engine broke its contract: stop.
+        let scratch = state.pointee.scratch, capacity = state.pointee.scratchCapacity
+        var joined = 0
         do {
             try list.packets.forEach { packet throws(AFXDPError) in
-                guard let timestamp = flow.check(UnsafeRawBufferPointer(try packet.bytes)) else { return }
+                var frame = UnsafeRawBufferPointer(try packet.bytes)
+                if let scratch {
+                    // Jumbo: join the run, then check the frame whole.
+                    let count = max(0, min(frame.count, capacity - joined))
+                    (scratch + joined).copyMemory(from: frame.baseAddress!, byteCount: count)
+                    joined += frame.count
+                    if try packet.continues { return }
+                    frame = UnsafeRawBufferPointer(start: scratch, count: min(joined, capacity))
+                    joined = 0
+                }
+                guard let timestamp = flow.check(frame) else { return }
                 let latency = now > timestamp ? now &- timestamp : 0
                 if latency == runValue {
                     runCount &+= 1
@@ -374,7 +456,11 @@ enum Receiver {
     /// lets only test frames through).
     @inline(__always)
     static func drop(_ state: UnsafeMutablePointer<ReceiverState>, _ indication: ReceiveIndication, frameLength: Int) {
-        let count = (try? indication.list.count) ?? 0
+        var count = (try? indication.list.count) ?? 0
+        if state.pointee.scratch != nil {
+            // Jumbo: frames, not the entries they span.
+            try? indication.list.packets.forEach { packet throws(AFXDPError) in if try packet.continues { count -= 1 } }
+        }
         state.pointee.flow.packets &+= count
         state.pointee.flow.bytes &+= count &* frameLength
         publish(state)

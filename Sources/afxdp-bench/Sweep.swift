@@ -23,8 +23,8 @@ extension AFXDPBench {
         @Option(help: "The mode to run at each size.")
         var mode: Mode = .txOnly
 
-        @Option(help: "Frame sizes in bytes, comma-separated, each 64...1514 (without FCS).")
-        var sizes: String = "64,128,256,512,1024,1514"
+        @Option(help: "Frame sizes in bytes, comma-separated, each 64...9000 (without FCS; past 1514 jumbo frames, multi-buffer).")
+        var sizes: String = "64,128,256,512,1024,1514,9000"
 
         @OptionGroup var options: BenchOptions
 
@@ -48,8 +48,8 @@ extension AFXDPBench {
             var list: [Int] = []
             for word in sizes.split(separator: ",") {
                 let text = word.trimmingCharacters(in: .whitespaces)
-                guard let size = Int(text), (64...1514).contains(size) else {
-                    throw ValidationError("--sizes: '\(text)' is not a frame size of 64...1514 bytes")
+                guard let size = Int(text), (64...9000).contains(size) else {
+                    throw ValidationError("--sizes: '\(text)' is not a frame size of 64...9000 bytes")
                 }
                 list.append(size)
             }
@@ -110,6 +110,10 @@ enum SweepRun {
         var runs: [RunReport] = []
         for (index, size) in sizes.enumerated() {
             if stopRequested { break }
+            if size > 1514, !Session.runsJumboFrames(mode) || options.queues != 1 || options.through != .none || options.interface != nil {
+                print("sweep: \(size)-byte frames skipped: jumbo frames run in duplex, tx-only and rx-drop, one queue, on the benchmark's own veth pair")
+                continue
+            }
             var sizeOptions = options
             sizeOptions.frameSize = size
             print("")
