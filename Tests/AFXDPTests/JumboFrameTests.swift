@@ -156,6 +156,8 @@ struct JumboFrameTests {
             // Statistics count packets, not the frames they span.
             #expect(b.statistics.receive.packets == sentByA.count)
             #expect(a.statistics.receive.packets == sentByB.count)
+            #expect(a.statistics.send.packets == sentByA.count)
+            #expect(b.statistics.send.packets == sentByB.count)
             a.close(); b.close()
             #expect(a.poolStatus.allFramesHome, "\(a.poolStatus)")
             #expect(b.poolStatus.allFramesHome, "\(b.poolStatus)")

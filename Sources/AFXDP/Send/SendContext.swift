@@ -597,9 +597,11 @@ final class SendContext: @unchecked Sendable {
                 counters.noteDropped()
             } else {
                 record.pointee.status = .success
-                packets += Int(record.pointee.count)
+                // Packets, not the frames they span (multi-buffer runs).
+                let sent = Int(record.pointee.count &- record.pointee.continuations)
+                packets += sent
                 bytes += Int(record.pointee.placedBytes)
-                if borrowed { counters.add(forwarded: Int(record.pointee.count)) }
+                if borrowed { counters.add(forwarded: sent) }
             }
             // Still the engine's until delivered: the caller learns of it
             // only then, and must not find it sendable before.
