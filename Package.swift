@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(
@@ -49,6 +50,7 @@ let package = Package(
                 "AFXDPRings", "CAFXDP", "AFXDPSystem",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             plugins: ["EmbedXDPProgram"]
         ),
@@ -72,7 +74,11 @@ let package = Package(
         .testTarget(name: "AFXDPRingsTests", dependencies: ["AFXDPRings", "AFXDPSystem"]),
         // Test-only C: dropping a thread's capabilities to test the privilege errors.
         .target(name: "CTestSupport", path: "Tests/CTestSupport"),
-        .testTarget(name: "AFXDPTests", dependencies: ["AFXDP", "AFXDPTestbed", "AFXDPSystem", "CTestSupport"]),
+        .testTarget(
+            name: "AFXDPTests",
+            dependencies: [
+                "AFXDP", "AFXDPTestbed", "AFXDPSystem", "CTestSupport", .product(name: "Logging", package: "swift-log"),
+            ]),
         // The README's example of a user-written intermediate driver, compiled
         // against the public API only (no @testable) and run on veth.
         .testTarget(name: "ExampleTests", dependencies: ["AFXDP", "AFXDPTestbed"]),

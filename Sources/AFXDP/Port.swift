@@ -2,6 +2,7 @@ import AFXDPSystem
 import AFXDPRings
 import Atomics
 import CAFXDP
+import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -180,8 +181,16 @@ public final class Port: @unchecked Sendable {
                 port.close()
                 throw error
             }
+            if let pid = program.replacedProgramOfDeadProcess {
+                port.log(.notice, "replaced the XDP program that process \(pid), now dead, left on \(configuration.interface)")
+            }
             return port
         }
+        for note in port.notes { port.log(.notice, "\(note)") }
+        port.log(.info, "open: \(port.isZeroCopy ? "zero-copy" : "copy mode"), \(port.isAttachedNatively ? "native" : "generic") XDP, "
+            + "rings fill \(configuration.fillRingSize) RX \(configuration.receiveRingSize) TX \(configuration.transmitRingSize) "
+            + "completion \(configuration.completionRingSize), \(configuration.umemFrameCount) frames of \(configuration.frameSize) bytes"
+            + (configuration.multiBuffer ? ", multi-buffer" : ""))
         // Started here, back in the caller's namespace: a thread inherits the
         // namespace of the thread that makes it, and the handlers it runs
         // must resolve interfaces and open sockets where the caller does.
@@ -273,7 +282,7 @@ public final class Port: @unchecked Sendable {
             faults: SendFaultPolicy(
                 readLink: readLink, linkDownTimeout: configuration.linkDownTimeout,
                 stallTimeout: configuration.completionStallTimeout, stallFailure: configuration.completionStallFailure,
-                onEvent: configuration.onEvent),
+                onEvent: configuration.onEvent, logger: configuration.logger),
             onComplete: onSendComplete))
         sendDoorbell = sendRegion.door
         sendContext = sendRegion.context
@@ -446,8 +455,12 @@ public final class Port: @unchecked Sendable {
         }
         if let failure, currentState.rawValue < PortState.closing.rawValue {
             // Nothing in flight will ever complete: close now, at once.
-            if requestClose(timeout: .zero), let onEvent = configuration.onEvent {
-                HandlerContext.run { onEvent(.failed(failure)) }
+            if requestClose(timeout: .zero) {
+                let event = PortEvent.failed(failure)
+                HandlerContext.run {
+                    log(event.logLevel, "\(event.logMessage)")
+                    configuration.onEvent?(event)
+                }
             }
         }
         if currentState == .closing { driveClose() }
@@ -665,6 +678,19 @@ public final class Port: @unchecked Sendable {
         // none can run again (the receive side lives on in the UMEM).
         receiveContext.dropHandler()
         shared.setState(.closed)
+        let counters = sendContext.counters.snapshot()
+        log(.info, "closed: \(counters.packets) packets sent, \(receiveContext.counters.packetsSoFar) received"
+            + (failure.map { "; it closed itself: \($0)" } ?? ""))
+    }
+
+    /// One line in the caller's log (`PortConfiguration.logger`), with the
+    /// port's interface, queue and namespace as metadata. Never on a hot path.
+    func log(_ level: Logger.Level, _ message: @autoclosure () -> String) {
+        var logger = configuration.logger
+        logger[metadataKey: "interface"] = "\(configuration.interface)"
+        logger[metadataKey: "queue"] = "\(configuration.queue)"
+        if let namespace = configuration.networkNamespace { logger[metadataKey: "namespace"] = "\(namespace)" }
+        logger.log(level: level, "\(message())")
     }
 
     // MARK: Statistics

@@ -1,3 +1,5 @@
+import Logging
+
 /// How to open a `Port`.
 public struct PortConfiguration: Sendable {
     /// The interface to open, e.g. "eth0" or one end of a veth pair.
@@ -99,6 +101,14 @@ public struct PortConfiguration: Sendable {
     /// and as handlers are (see `Port`): a link going down or up, a stall,
     /// the port closing itself.
     public var onEvent: (@Sendable (PortEvent) -> Void)?
+    /// Where the port says what it chose or saw (swift-log): at `.notice`,
+    /// fallbacks (copy mode, generic XDP) and a dead process's program
+    /// replaced; at `.warning` and `.error`, the events of `onEvent` and a
+    /// fill ring running low because the caller holds the frames; at
+    /// `.info`, open and close. Never from a hot path, and only where
+    /// handlers may run (so a log handler may call back into the port).
+    /// Silent by default.
+    public var logger = Logger(label: "swift-afxdp", factory: { _ in SwiftLogNoOpLogHandler() })
 
     public init(interface: String, queue: UInt32 = 0, networkNamespace: String? = nil) {
         self.interface = interface

@@ -1,3 +1,5 @@
+import Logging
+
 /// Something that happened to a port's link or to the kernel under it,
 /// told to `PortConfiguration.onEvent` where handlers run (inside `poll`,
 /// `pause`, `close`, or on the port's own thread), in the order it happened.
@@ -60,8 +62,31 @@ struct SendFaultPolicy: Sendable {
     var stallTimeout: Duration
     var stallFailure: Duration?
     var onEvent: (@Sendable (PortEvent) -> Void)?
+    var logger: Logger? = nil
 
     static let none = SendFaultPolicy(readLink: nil, linkDownTimeout: nil, stallTimeout: .seconds(3600), stallFailure: nil, onEvent: nil)
+}
+
+extension PortEvent {
+    /// How loud the event is in the port's log.
+    var logLevel: Logger.Level {
+        switch self {
+        case .linkUp, .completionResumed: return .notice
+        case .linkDown, .linkDownTimedOut, .completionStalled: return .warning
+        case .failed: return .error
+        }
+    }
+
+    var logMessage: Logger.Message {
+        switch self {
+        case .linkDown: return "link down: sends wait in the engine"
+        case .linkUp: return "link up: what waited goes out"
+        case .linkDownTimedOut: return "link down past linkDownTimeout: held sends complete with .linkDown"
+        case .completionStalled: return "completion ring stalled with frames out: kicking again"
+        case .completionResumed: return "completions move again"
+        case .failed(let failure): return "the port closed itself: \(failure)"
+        }
+    }
 }
 
 extension Duration {

@@ -28,6 +28,9 @@ final class XDPProgram: @unchecked Sendable {
     deinit { perCPUValues.deallocate() }
 
     var attachedNatively: Bool { attachFlags & UInt32(XDP_FLAGS_DRV_MODE) != 0 }
+    /// The PID of the dead process whose program of this engine this one
+    /// replaced when it was attached, if it did.
+    private(set) var replacedProgramOfDeadProcess: Int32?
 
     private init(interface: String, ifindex: Int32, namespace: String?, attachFlags: UInt32, etherTypeFilter: UInt16?) {
         self.etherTypeFilter = etherTypeFilter
@@ -61,8 +64,10 @@ final class XDPProgram: @unchecked Sendable {
                 return existing
             }
             var attached = cafxdp_attached_program()
+            var replaced: Int32?
             if cafxdp_attached_program_query(ifindex, &attached) == 0, attached.program_id != 0 {
                 try clearLeftover(attached, interface: interface, ifindex: ifindex, namespace: namespace)
+                replaced = Int32(bitPattern: attached.owner_pid)
             }
             var handle = cafxdp_program()
             try load(into: &handle)
@@ -88,6 +93,7 @@ final class XDPProgram: @unchecked Sendable {
                         etherTypeFilter: etherTypeFilter)
                     program.handle = handle
                     program.users = 1
+                    program.replacedProgramOfDeadProcess = replaced
                     if let etherTypeFilter { program.setConfig(index: 0, value: UInt32(etherTypeFilter)) }
                     registry[key(namespace, ifindex)] = program
                     return program

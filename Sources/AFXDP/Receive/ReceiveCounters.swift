@@ -10,6 +10,7 @@ final class ReceiveCounters: CounterBlock, @unchecked Sendable {
     @inline(__always) func noteLowResources() { add(Index.lowResources.rawValue, 1) }
     @inline(__always) func add(framesWithKernel change: Int) { add(Index.framesWithKernel.rawValue, change) }
     var framesWithKernel: Int { read(Index.framesWithKernel.rawValue) }
+    var packetsSoFar: Int { read(Index.packets.rawValue) }
     func snapshot(heldByCaller: Int, kernel: KernelSocketStatistics) -> Statistics.Receive {
         Statistics.Receive(
             packets: read(Index.packets.rawValue), bytes: read(Index.bytes.rawValue),

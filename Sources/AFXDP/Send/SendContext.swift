@@ -1,6 +1,7 @@
 import AFXDPRings
 import AFXDPSystem
 import Atomics
+import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -255,7 +256,7 @@ final class SendContext: @unchecked Sendable {
     }
 
     private func post(_ event: PortEvent) {
-        guard faults.onEvent != nil else { return }
+        guard faults.onEvent != nil || faults.logger != nil else { return }
         // Bounded: a handler that never runs (no delivering pass) cannot grow it.
         if events.count >= 64 { events.removeFirst() }
         events.append(event)
@@ -264,10 +265,15 @@ final class SendContext: @unchecked Sendable {
     /// Tells the event handler what happened since the last delivering pass.
     /// By the owner, where handlers may run.
     func deliverEvents() {
-        guard !events.isEmpty, let onEvent = faults.onEvent else { return }
+        guard !events.isEmpty else { return }
         let happened = events
         events.removeAll(keepingCapacity: true)
-        HandlerContext.run { for event in happened { onEvent(event) } }
+        HandlerContext.run {
+            for event in happened {
+                faults.logger?.log(level: event.logLevel, event.logMessage)
+                faults.onEvent?(event)
+            }
+        }
     }
 
     var hasEvents: Bool { !events.isEmpty }
