@@ -2,6 +2,7 @@ import AFXDP
 import AFXDPTestbed
 import Glibc
 import Logging
+import MetricsTestKit
 import Testing
 
 /// A swift-log handler that keeps every line, for the tests to read.
@@ -80,5 +81,41 @@ struct LoggingTests {
         #expect(log.contains(.info, "it closed itself"))
         port.close()
         #expect(port.poolStatus.allFramesHome)
+    }
+}
+
+@Suite("Metrics")
+struct MetricsTests {
+    let a = MACAddress(bytes: [2, 0, 0, 0, 0, 1])
+    let b = MACAddress(bytes: [2, 0, 0, 0, 0, 2])
+
+    @Test("PortMetrics publishes the port's counters by their increase and its gauges by their value, under stable names with interface and queue")
+    func countersAndGauges() throws {
+        let metrics = TestMetrics()
+        let (port, kernel) = try Port.openSimulated(
+            PortConfiguration(interface: "sim0"), onReceive: { try? $0.port.returnList($0.list) },
+            onSendComplete: { batch in for list in batch { try? batch.port.returnList(list) } })
+        defer { port.close() }
+        let published = PortMetrics(port: port, factory: metrics)
+        let dimensions = [("interface", "sim0"), ("queue", "0")]
+        var (next, lists) = (0, 0)
+        try sendLists(port, count: 10, size: 4, next: &next, lists: &lists, from: a, to: b)
+        // Queued, not yet placed: the gauge says so before the kernel moves.
+        published.update()
+        #expect(try metrics.expectGauge("afxdp_queued_frames", dimensions).lastValue ?? -1 >= 0)
+        _ = kernel.transmit()
+        port.poll()
+        published.update()
+        #expect(try metrics.expectCounter("afxdp_sent_packets", dimensions).totalValue == 40)
+        #expect(try metrics.expectCounter("afxdp_completed_lists", dimensions).totalValue == 10)
+        // A second update adds only what happened since the first.
+        try sendLists(port, count: 5, size: 4, next: &next, lists: &lists, from: a, to: b)
+        _ = kernel.transmit()
+        port.poll()
+        published.update()
+        published.update()
+        #expect(try metrics.expectCounter("afxdp_sent_packets", dimensions).totalValue == 60)
+        #expect(try metrics.expectGauge("afxdp_queued_frames", dimensions).lastValue == 0)
+        #expect(Set(PortMetrics.counterNames).count == PortMetrics.counterNames.count)
     }
 }
