@@ -101,9 +101,16 @@ public struct ThreadStartError: Error, Sendable {
 
 /// CLOCK_MONOTONIC in nanoseconds.
 @inline(__always)
-public func monotonicNanoseconds() -> UInt64 {
+public func monotonicNanoseconds() -> UInt64 { clockNanoseconds(CLOCK_MONOTONIC) }
+
+/// The calling thread's CPU time (user and system; not softirq work the
+/// kernel does on its CPU), in nanoseconds. A system call, not the vDSO.
+public func threadCPUNanoseconds() -> UInt64 { clockNanoseconds(CLOCK_THREAD_CPUTIME_ID) }
+
+@inline(__always)
+private func clockNanoseconds(_ clock: clockid_t) -> UInt64 {
     var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
+    clock_gettime(clock, &now)
     return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
 }
 

@@ -192,6 +192,10 @@ struct BenchOptions: ParsableArguments {
     @Option(help: "Watchdog: stop and clean up after this many seconds in all (default: --seconds + 30).")
     var timeout: Double?
 
+    /// Whether these options can carry jumbo frames: on the benchmark's own
+    /// veth pair, one queue, no driver stacked (the mode is `Session`'s say).
+    var allowJumboFrames: Bool { queues == 1 && through == .none && interface == nil }
+
     func validate() throws {
         guard seconds > 0, seconds <= 86_400 else {
             throw ValidationError("--seconds must be more than 0 and at most 86400, not \(seconds)")
@@ -199,7 +203,7 @@ struct BenchOptions: ParsableArguments {
         guard (64...9000).contains(frameSize) else {
             throw ValidationError("--frame-size must be 64...9000 (an Ethernet frame without FCS), not \(frameSize)")
         }
-        if frameSize > 1514, queues != 1 || through != .none || interface != nil {
+        if frameSize > 1514, !allowJumboFrames {
             throw ValidationError(
                 "jumbo frames (--frame-size past 1514) run on the benchmark's own veth pair, one queue, no driver stacked")
         }

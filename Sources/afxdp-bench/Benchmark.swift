@@ -374,7 +374,7 @@ final class Session {
         guard Self.runsJumboFrames(mode) else {
             throw BenchError("jumbo frames (frames past 1514 bytes) run in duplex, tx-only and rx-drop; not in \(mode.rawValue)")
         }
-        guard options.queues == 1, options.through == .none, options.interface == nil else {
+        guard options.allowJumboFrames else {
             throw BenchError("jumbo frames run on the benchmark's own veth pair, one queue, no driver stacked")
         }
         for endpoint in endpoints {

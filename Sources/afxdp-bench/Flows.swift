@@ -651,13 +651,6 @@ final class PassTiming: Sendable {
     static let gapWorthMeasuring: UInt64 = 500_000
     /// Passes between two CPU-time checkpoints.
     static let checkpointEvery: UInt32 = 256
-
-    /// The calling thread's CPU time (user and system), ns.
-    static func threadCPUNanoseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
-        return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
-    }
 }
 
 enum EndLoop {
@@ -704,7 +697,7 @@ enum EndLoop {
         // the last checkpoint, whose window the gap ends.
         var passStart = monotonicNanoseconds()
         var checkpointWall = passStart
-        var checkpointCPU = PassTiming.threadCPUNanoseconds()
+        var checkpointCPU = threadCPUNanoseconds()
         while true {
             let phase = control.phase.load(ordering: .relaxed)
             if phase >= RunControl.stopped { break }
@@ -713,7 +706,7 @@ enum EndLoop {
                 let gap = now &- passStart
                 passStart = now
                 if gap >= PassTiming.gapWorthMeasuring || iteration % PassTiming.checkpointEvery == 0 {
-                    let cpu = PassTiming.threadCPUNanoseconds()
+                    let cpu = threadCPUNanoseconds()
                     if gap >= PassTiming.gapWorthMeasuring {
                         let wall = now &- checkpointWall
                         let onCPU = cpu &- checkpointCPU

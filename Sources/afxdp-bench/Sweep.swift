@@ -110,7 +110,7 @@ enum SweepRun {
         var runs: [RunReport] = []
         for (index, size) in sizes.enumerated() {
             if stopRequested { break }
-            if size > 1514, !Session.runsJumboFrames(mode) || options.queues != 1 || options.through != .none || options.interface != nil {
+            if size > 1514, !Session.runsJumboFrames(mode) || !options.allowJumboFrames {
                 print("sweep: \(size)-byte frames skipped: jumbo frames run in duplex, tx-only and rx-drop, one queue, on the benchmark's own veth pair")
                 continue
             }

@@ -139,12 +139,11 @@ int cafxdp_queue_count(const char *ifname);
 
 // --- Multi-buffer -----------------------------------------------------------
 
-// Multi-buffer AF_XDP (Linux 6.6): the bind flag, and the descriptor option
-// saying the packet goes on in the next descriptor. Debian 12's UAPI
-// headers (6.1) predate both.
+// Multi-buffer AF_XDP (Linux 6.6): the bind flag, which Debian 12's UAPI
+// headers (6.1) predate. (The descriptor's continuation option is
+// `XDPDescriptor.continues` on the Swift side.)
 enum {
-    CAFXDP_BIND_USE_SG = 1 << 4,      // XDP_USE_SG
-    CAFXDP_DESCRIPTOR_CONTINUES = 1,  // XDP_PKT_CONTD
+    CAFXDP_BIND_USE_SG = 1 << 4,  // XDP_USE_SG
 };
 
 // --- Socket options ---------------------------------------------------------
