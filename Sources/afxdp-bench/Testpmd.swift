@@ -39,7 +39,11 @@ struct TestpmdPeer {
     ///   the engine's B receives through AF_XDP); what B received, and A's
     ///   transmit rate.
     /// - rx-drop: the same pair; B's receive rate.
-    /// - l2fwd: A txonly; B macswap sends each frame back; B's transmit rate.
+    /// - l2fwd: A flowgen (it sends and also receives, and frees, what comes
+    ///   back, as the engine's A receives every returning frame: with txonly,
+    ///   A's fill ring stays empty and the kernel drops the returning frames
+    ///   before copying them, work the engine's run does and testpmd's would
+    ///   not); B macswap sends each frame back; what A received back.
     /// - duplex: the peers' loop: io at both ends, 32 frames injected by A
     ///   (--tx-first) and forwarded back and forth; both receive rates added.
     private var plan: (a: [String], b: [String]?) {
@@ -47,7 +51,7 @@ struct TestpmdPeer {
         switch mode {
         case "tx-only": return (["--forward-mode=txonly", size], ["--forward-mode=rxonly"])
         case "rx-drop": return (["--forward-mode=txonly", size], ["--forward-mode=rxonly"])
-        case "l2fwd": return (["--forward-mode=txonly", size], ["--forward-mode=macswap"])
+        case "l2fwd": return (["--forward-mode=flowgen", size], ["--forward-mode=macswap"])
         default: return (["--forward-mode=io", "--tx-first", size], ["--forward-mode=io"])
         }
     }
@@ -111,7 +115,7 @@ struct TestpmdPeer {
         switch mode {
         case "tx-only": figure = b?.rx
         case "rx-drop": figure = b?.rx
-        case "l2fwd": figure = b?.tx
+        case "l2fwd": figure = a.rx
         default: figure = b.flatMap { b in a.rx.flatMap { rx in b.rx.map { rx + $0 } } }
         }
         guard let figure else {
