@@ -5,8 +5,8 @@
 //
 //   Rings          NIC-free: the public AFXDPRings types over heap memory
 //   PortSimulated  NIC-free: the engine (pool, lists, send queue, completion,
-//                  receive) on a Port over a kernel simulated in memory
-//   PortDevice     a Port on a veth pair in two namespaces it makes and removes;
+//                  receive) on an XDPPort over a kernel simulated in memory
+//   PortDevice     an XDPPort on a veth pair in two namespaces it makes and removes;
 //                  needs root, and skips itself with a message otherwise
 //
 // Run with scripts/benchmarks from the top of the repository.

@@ -2,11 +2,13 @@
 import Glibc
 #endif
 
-/// Everything the engine can refuse, each with what to do about it.
+/// Everything the engine can refuse, each with what to do about it
+/// (`description`), and whose doing it was (`origin`).
 ///
-/// Errors caused by the environment (a missing interface, missing privileges)
-/// and by bad input (a ring size that is not a power of two, an oversized
-/// frame, a list returned twice) are thrown. The engine never throws for lack
+/// Errors caused by the environment (a missing interface, missing privileges,
+/// the kernel refusing) and by the caller (a ring size that is not a power of
+/// two, an oversized frame, a list returned twice) are thrown; either way
+/// nothing was changed and nothing is lost. The engine never throws for lack
 /// of ring slots or frames on the send path: it queues instead.
 public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A configuration value is out of range; the message says which and why.
@@ -52,14 +54,42 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     case umemClosed
     /// The UMEM has too few frames left for the port.
     case umemExhausted(needed: Int, available: Int)
-    /// A packet index outside the list.
-    case packetIndexOutOfRange(index: Int, count: Int)
     /// The port is closed.
     case portClosed
     /// The list's last entry is marked `continues`: its packet never ends.
     case unfinishedPacket
     /// A packet of the list spans frames (multi-buffer) on a port opened without `multiBuffer`.
     case multiBufferNotEnabled(interface: String)
+
+    /// Whose doing an error was, and so who can fix it.
+    public enum Origin: Sendable, Equatable {
+        /// The system the engine runs on: an interface, a namespace or a
+        /// privilege missing, the kernel or the driver refusing, another
+        /// program in the way. The same call fails the same way until the
+        /// environment changes (or the configuration is made to fit it).
+        case environment
+        /// The caller: a value out of range, or a handle used against the
+        /// contract (returned twice, sent while in flight, on another UMEM).
+        /// Fix the call; the engine changed nothing.
+        case caller
+        /// The port or UMEM was closed (by the caller, or by the port itself
+        /// when its device went away): open a new one.
+        case closed
+    }
+
+    /// Whose doing the error was.
+    public var origin: Origin {
+        switch self {
+        case .interfaceNotFound, .namespaceNotFound, .permissionDenied, .xdpProgramAlreadyAttached, .interfaceInUse,
+            .zeroCopyUnsupported, .system, .programLoadFailed:
+            return .environment
+        case .invalidConfiguration, .frameTooLarge, .emptyFrame, .invalidFrameLength, .invalidPacketCount, .priorityOutOfRange,
+            .listAlreadyReturned, .listNotOwnedByCaller, .foreignList, .umemExhausted, .unfinishedPacket, .multiBufferNotEnabled:
+            return .caller
+        case .portClosed, .umemClosed:
+            return .closed
+        }
+    }
 
     public var description: String {
         switch self {
@@ -129,14 +159,12 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
                 + "wait for the completion before using, sending or returning it again"
         case .foreignList:
             return "this packet list belongs to a port on another UMEM; send or return it on a port of its own UMEM "
-                + "(open ports on one UMEM with Port.open(_:umem:...) to pass lists between them without a copy)"
+                + "(open ports on one UMEM with XDPPort.open(_:umem:...) to pass lists between them without a copy)"
         case .umemClosed:
             return "the UMEM was closed; no port may open on it any more: make a new UMEM"
         case .umemExhausted(let needed, let available):
             return "the UMEM has \(available) frames not taken by other ports, and this port needs \(needed) "
                 + "(receiveFrameCount + sendFrameCount): make the UMEM larger or give the port fewer frames"
-        case .packetIndexOutOfRange(let index, let count):
-            return "packet index \(index) is outside this list of \(count) packets"
         case .portClosed:
             return "the port is closed; open a new one"
         case .unfinishedPacket:

@@ -1,9 +1,9 @@
 /// What a caller holds, whether it is a port or a stack of intermediate
 /// drivers over ports: the one interface above every layer. Code written
-/// against a `PacketPort` runs unchanged over a `Port`, a `Bridge` side, a
+/// against a `PacketPort` runs unchanged over an `XDPPort`, a `Bridge` side, a
 /// `MultiQueuePort`, a `PriorityClassifier` or a driver of the caller's own.
 ///
-/// Every conforming type keeps the port's contract (see `Port`):
+/// Every conforming type keeps the port's contract (see `XDPPort`):
 /// - `send` never refuses for lack of resources; each list sent completes
 ///   exactly once, through the completion handler, with a status, in the
 ///   order sent within a priority;
@@ -24,6 +24,15 @@ public protocol PacketPort: AnyObject, Sendable {
     /// the handlers. Returns whether anything moved.
     @discardableResult
     func poll() -> Bool
+    /// Stops (true) or resumes (false) indicating received lists: while
+    /// held, arriving frames wait in the kernel's RX ring (and beyond it are
+    /// dropped by the kernel, counted in `rxRingFull`), returned lists still
+    /// go back to the fill ring, and sends go on. A list already taken from
+    /// the ring may still be indicated after the call. Any thread, any time,
+    /// also from inside a handler; runs no handler. This is how a consumer
+    /// slower than the wire pushes back (`AsyncPort` does, when its buffer
+    /// of received lists is full).
+    func holdReceive(_ hold: Bool)
     /// Sends complete with `.paused` until `restart`; receive goes on.
     func pause(timeout: Duration)
     func restart()
@@ -36,7 +45,7 @@ public protocol PacketPort: AnyObject, Sendable {
     /// Counters, summed over the ports below.
     var statistics: Statistics { get }
     /// Where the frames are, summed over the ports below.
-    var poolStatus: Port.PoolStatus { get }
+    var poolStatus: XDPPort.PoolStatus { get }
     /// What this is and what it is made of, down to the ports.
     var stack: StackDescription { get }
     /// The UMEMs the frames of this stack live in (a port: its one).
@@ -66,7 +75,7 @@ public struct PortHandlers: Sendable {
 
 /// How a driver opens what lies below it: given the handlers the driver
 /// wants called, open a port (or another driver) and return it. Made by
-/// `Port.below(_:umem:)`, `MultiQueuePort.below(...)`, and so on.
+/// `XDPPort.below(_:umem:)`, `MultiQueuePort.below(...)`, and so on.
 public typealias LowerOpener = @Sendable (PortHandlers) throws(AFXDPError) -> any PacketPort
 
 /// A stack, as a tree from the layer the caller holds down to the ports

@@ -1,6 +1,6 @@
 import Logging
 
-/// How to open a `Port`.
+/// How to open an `XDPPort`.
 public struct PortConfiguration: Sendable {
     /// The interface to open, e.g. "eth0" or one end of a veth pair.
     public var interface: String
@@ -98,7 +98,7 @@ public struct PortConfiguration: Sendable {
     public var completionStallFailure: Duration? = .seconds(30)
 
     /// Told what happens to the port's link and kernel (`PortEvent`), where
-    /// and as handlers are (see `Port`): a link going down or up, a stall,
+    /// and as handlers are (see `XDPPort`): a link going down or up, a stall,
     /// the port closing itself.
     public var onEvent: (@Sendable (PortEvent) -> Void)?
     /// Where the port says what it chose or saw (swift-log): at `.notice`,

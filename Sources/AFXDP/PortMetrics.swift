@@ -22,7 +22,7 @@ public final class PortMetrics: @unchecked Sendable {
     ]
     public static let gaugeNames = ["queued_frames", "frames_held_by_caller", "frames_with_kernel"]
 
-    private let port: Port
+    private let port: XDPPort
     private let counters: [Counter]
     private let gauges: [Gauge]
     private let lock = PThreadLock()
@@ -31,7 +31,7 @@ public final class PortMetrics: @unchecked Sendable {
     /// - Parameters:
     ///   - prefix: put before every name, e.g. "afxdp_" gives "afxdp_sent_packets".
     ///   - factory: where the metrics go; the process's bootstrapped backend by default.
-    public init(port: Port, prefix: String = "afxdp_", factory: MetricsFactory = MetricsSystem.factory) {
+    public init(port: XDPPort, prefix: String = "afxdp_", factory: MetricsFactory = MetricsSystem.factory) {
         self.port = port
         let dimensions = [("interface", port.configuration.interface), ("queue", String(port.configuration.queue))]
         counters = Self.counterNames.map { Counter(label: prefix + $0, dimensions: dimensions, factory: factory) }

@@ -5,7 +5,7 @@ import AFXDPSystem
 /// it and is unmapped only when the last port and the last list handle into
 /// it are gone.
 ///
-/// Any number of ports open over one UMEM (`Port.open(_:umem:...)`): queues
+/// Any number of ports open over one UMEM (`XDPPort.open(_:umem:...)`): queues
 /// of one interface, and different interfaces. Each port takes its own
 /// frames from it (its receive pool and its send pool), and a list received
 /// on one port can be sent on another without a copy: its frames go out from

@@ -76,6 +76,13 @@ enum Through: String, Sendable, ExpressibleByArgument, CaseIterable {
     case none, filter, classifier
 }
 
+/// How the benchmark drives each end: handlers and a polling thread of its
+/// own (callback), or the library's Swift concurrency face, `AsyncPort`
+/// (async: tasks, and the async port's own polling thread).
+enum API: String, Sendable, ExpressibleByArgument, CaseIterable {
+    case callback, async
+}
+
 /// forward: how F passes frames between its two ports.
 enum RelayKind: String, Sendable, ExpressibleByArgument, CaseIterable {
     case bridge, bare
@@ -124,6 +131,9 @@ struct BenchOptions: ParsableArguments {
 
     @Option(help: "An intermediate driver stacked on each end: none, filter (pass-through) or classifier (802.1p priority from the frames).")
     var through: Through = .none
+
+    @Option(help: "duplex: how each end is driven, callback (handlers, a polling thread per end) or async (AsyncPort: tasks awaiting its received lists and completions).")
+    var api: API = .callback
 
     @Option(help: "forward: what F runs, a Bridge driver (bridge) or its own handlers relaying between two ports (bare).")
     var relay: RelayKind = .bridge

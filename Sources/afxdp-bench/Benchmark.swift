@@ -50,6 +50,11 @@ enum Benchmark {
     static func run(mode: Mode, options: BenchOptions) throws {
         try TestFrame.selfTest()
         installSignalHandlers()
+        if options.api == .async {
+            guard mode == .duplex, options.queues == 1 else {
+                throw BenchError("--api async runs duplex with one queue per end (--queues 1)")
+            }
+        }
         let watchdog = try Watchdog.start(seconds: options.watchdogSeconds)
         defer { watchdog.finish() }
 
@@ -205,11 +210,15 @@ final class Session {
     private var polled: [[any PacketPort]] = []
     /// The ports at the bottom of each end's stack, for the report:
     /// ports[end][queue]; F's are [facing A, facing B].
-    private(set) var ports: [[Port]]
+    private(set) var ports: [[XDPPort]]
     /// Per end: the senders of its flows, in queue order (multi-queue
     /// completions find their flow's generator here).
     private var senderTables: [UnsafeMutablePointer<UnsafeMutablePointer<SenderState>>] = []
     private let control = RunControl()
+    /// --api async: each end's async port (nil: the callback path), and the
+    /// tasks that drive them.
+    private var asyncPorts: [AsyncPort?] = []
+    private let asyncEnds = AsyncEnds()
     /// No header and no per-second lines (soak cycles, ndr trials after the first).
     var quiet = false
     /// The per-second rates, for --plot.
@@ -285,17 +294,17 @@ final class Session {
 
     /// forward --relay bare: F's two ports on one UMEM, each relaying what it
     /// receives to the other with the benchmark's own handlers (no driver).
-    private func openRelay(end: Int) throws -> [Port] {
+    private func openRelay(end: Int) throws -> [XDPPort] {
         let endpoint = endpoints[end]
         guard let second = endpoint.secondInterface else { throw BenchError("forward: F has one interface") }
         let umem = try makeUMEM(ports: 2)
         // relays[i]: the direction whose frames port i receives (and the other sends).
         let relays = [flow(0, queue: 0).relay!, flow(1, queue: 0).relay!]
-        var opened: [Port] = []
+        var opened: [XDPPort] = []
         for (index, interface) in [endpoint.interface, second].enumerated() {
             let receiving = relays[index], sending = relays[1 - index]
             do {
-                opened.append(try Port.open(
+                opened.append(try XDPPort.open(
                     configuration(interface: interface, queue: 0, namespace: endpoint.namespace), umem: umem,
                     onReceive: { Relay.receive(receiving.pointer, $0) },
                     onSendComplete: { Relay.completed(sending.pointer, $0) }))
@@ -311,8 +320,8 @@ final class Session {
     }
 
     /// The ports at the bottom of a stack, in binding order.
-    static func bottomPorts(of top: any PacketPort) -> [Port] {
-        if let port = top as? Port { return [port] }
+    static func bottomPorts(of top: any PacketPort) -> [XDPPort] {
+        if let port = top as? XDPPort { return [port] }
         if let driver = top as? IntermediateDriver { return driver.bindings.flatMap { bottomPorts(of: $0) } }
         return []
     }
@@ -405,7 +414,7 @@ final class Session {
                 configuration(interface: endpoint.interface, queue: 0, namespace: endpoint.namespace), queues: queues, umem: umem,
                 flowHash: { list in UInt32(truncatingIfNeeded: Generator.flow(of: list)) })
         } else {
-            lower = Port.below(configuration(interface: endpoint.interface, queue: 0, namespace: endpoint.namespace))
+            lower = XDPPort.below(configuration(interface: endpoint.interface, queue: 0, namespace: endpoint.namespace))
         }
         switch options.through {
         case .none: break
@@ -462,7 +471,15 @@ final class Session {
 
         let top: any PacketPort
         do {
-            top = try lower(PortHandlers(onReceive: onReceive, onSendComplete: onSendComplete))
+            if options.api == .async {
+                // The async port's own handlers take the lists; the tasks in
+                // `run` do what onReceive and onSendComplete do here.
+                let asyncPort = try AsyncPort.open(lower)
+                asyncPorts.append(asyncPort)
+                top = asyncPort.port
+            } else {
+                top = try lower(PortHandlers(onReceive: onReceive, onSendComplete: onSendComplete))
+            }
         } catch {
             let place = endpoint.namespace.map { " in namespace \($0)" } ?? ""
             throw BenchError("cannot open end \(endpoint.name) (\(endpoint.interface), \(queues) queue(s)\(place)): \(error)")
@@ -548,6 +565,11 @@ final class Session {
                     threads.append(thread)
                     try pin(thread, toCPU: endpoints[end].cpu.map { ($0 + queue) % cpus } ?? queue % cpus)
                 }
+                continue
+            }
+            if let asyncPort = asyncPorts.indices.contains(end) ? asyncPorts[end] : nil {
+                for sender in senders { asyncEnds.startSender(asyncPort, sender: sender, listsPerPass: listsPerPass, control: control) }
+                for receiver in receivers { asyncEnds.startReceiver(asyncPort, receiver: receiver, control: control) }
                 continue
             }
             let thread = try startThread {
@@ -787,6 +809,10 @@ final class Session {
         guard !closed else { return }
         closed = true
         control.phase.store(RunControl.stopped, ordering: .releasing)
+        // Async ends: their close ends the sequences, so the tasks end.
+        for asyncPort in asyncPorts.compactMap({ $0 }) { AsyncEnds.closeBlocking(asyncPort) }
+        asyncEnds.waitForAll()
+        asyncPorts = []
         for top in polled.joined() { top.close() }
         for flow in directions.flatMap(\.flows) {
             if let inbox = flow.sender.pointer.pointee.inbox { Generator.takeInbox(flow.sender.pointer, inbox) }

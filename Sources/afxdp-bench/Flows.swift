@@ -560,7 +560,7 @@ struct RelayState {
     let counters: FlowCounters
     /// The port the relay sends on. Set right after both of F's ports open,
     /// before any traffic; the session holds the ports for longer.
-    var out: Unmanaged<Port>?
+    var out: Unmanaged<XDPPort>?
     var forwardedPackets = 0
     var failedPackets = 0
     var sendErrors = 0

@@ -74,17 +74,17 @@ enum InstructionLoop {
         if through == .filter {
             // The same loop one layer up: each end a pass-through filter over its port.
             let sender = try FilterDriver.open(
-                over: Port.below(a), onReceive: senderHandlers.onReceive, onSendComplete: senderHandlers.onSendComplete)
+                over: XDPPort.below(a), onReceive: senderHandlers.onReceive, onSendComplete: senderHandlers.onSendComplete)
             defer { sender.close() }
             let receiver = try FilterDriver.open(
-                over: Port.below(b), onReceive: receiverHandlers.onReceive, onSendComplete: receiverHandlers.onSendComplete)
+                over: XDPPort.below(b), onReceive: receiverHandlers.onReceive, onSendComplete: receiverHandlers.onSendComplete)
             defer { receiver.close() }
             try prime(sender, state: state, batch: batch)
             try loop(sender: sender, receiver: receiver, state: state, packets: packets, frameLength: frameLength, bed: bed)
         } else {
-            let sender = try Port.open(a, onReceive: senderHandlers.onReceive, onSendComplete: senderHandlers.onSendComplete)
+            let sender = try XDPPort.open(a, onReceive: senderHandlers.onReceive, onSendComplete: senderHandlers.onSendComplete)
             defer { sender.close() }
-            let receiver = try Port.open(b, onReceive: receiverHandlers.onReceive, onSendComplete: receiverHandlers.onSendComplete)
+            let receiver = try XDPPort.open(b, onReceive: receiverHandlers.onReceive, onSendComplete: receiverHandlers.onSendComplete)
             defer { receiver.close() }
             try prime(sender, state: state, batch: batch)
             try loop(sender: sender, receiver: receiver, state: state, packets: packets, frameLength: frameLength, bed: bed)

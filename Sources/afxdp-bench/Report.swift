@@ -166,7 +166,8 @@ enum Report {
             \(options.batch) per list, rings \(options.ringSize), UMEM frames \(options.umemFrameSize), \
             \(options.queues) queue(s), need_wakeup \(options.noNeedWakeup ? "off" : "on"), \
             busy poll \(options.busyPoll ? "on" : "off"), window \(options.window == 0 ? "unlimited" : String(options.window)), \
-            rate \(options.rate == 0 ? "unpaced" : "\(fmt(options.rate / 1e6, 3)) Mpps per direction")
+            rate \(options.rate == 0 ? "unpaced" : "\(fmt(options.rate / 1e6, 3)) Mpps per direction"), \
+            api \(options.api.rawValue)
             """)
         let bytes = options.wireOverhead
             ? "frame bytes + 20 (preamble, inter-frame gap); no FCS"

@@ -57,7 +57,7 @@ struct StarvationTracker {
 
     /// Takes one interval's figures: what the kernel counted at each end's
     /// ports since the last call, and how long each end's thread was away.
-    mutating func record(intervalNanoseconds: UInt64, ports: [[AFXDP.Port]]) {
+    mutating func record(intervalNanoseconds: UInt64, ports: [[XDPPort]]) {
         let seconds = max(Double(intervalNanoseconds) / 1e9, 1e-3)
         for end in ends.indices where end < ports.count {
             var fillEmpty = 0

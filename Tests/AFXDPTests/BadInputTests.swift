@@ -12,7 +12,7 @@ struct BadInputTests {
         var configuration = PortConfiguration(interface: "eth0")
         configuration.transmitRingSize = 1000
         #expect {
-            try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+            try XDPPort.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
         } throws: { error in
             let description = "\(error)"
             return description.contains("transmitRingSize 1000 is not a power of two") && description.contains("512 or 1024")
@@ -20,11 +20,29 @@ struct BadInputTests {
         configuration.transmitRingSize = 1024
         configuration.frameSize = 3000
         #expect(throws: AFXDPError.invalidConfiguration("frameSize 3000 is not supported; use 2048 or 4096")) {
-            try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+            try XDPPort.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
         }
         configuration.frameSize = 2048
         configuration.interface = "a-name-far-too-long-for-linux"
-        #expect(throws: AFXDPError.self) { try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in }) }
+        #expect(throws: AFXDPError.self) { try XDPPort.open(configuration, onReceive: { _ in }, onSendComplete: { _ in }) }
+    }
+
+    @Test("errors say whose doing they were: the environment's, the caller's, or a closed port's")
+    func errorOrigins() throws {
+        var configuration = PortConfiguration(interface: "lo")
+        configuration.fillRingSize = 1000
+        #expect {
+            try XDPPort.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+        } throws: { error in (error as? AFXDPError)?.origin == .caller }
+        let (port, _) = try XDPPort.openSimulated(PortConfiguration(interface: "sim0"), loopback: true, onReceive: { _ in }, onSendComplete: { _ in })
+        let list = try #require(try port.allocateList(packetCount: 1))
+        try port.returnList(list)
+        #expect { try port.returnList(list) } throws: { error in
+            error as? AFXDPError == .listAlreadyReturned && (error as? AFXDPError)?.origin == .caller
+        }
+        port.close()
+        #expect { _ = try port.allocateList(packetCount: 1) } throws: { error in (error as? AFXDPError)?.origin == .closed }
+        #expect(AFXDPError.permissionDenied(operation: "bind", errno: EPERM).origin == .environment)
     }
 
     @Test("a missing interface and a missing namespace say how to find the right name")
@@ -32,14 +50,15 @@ struct BadInputTests {
         try VethTestbed.withVethTestbed { bed in
             let missing = PortConfiguration(interface: "nosuch0", networkNamespace: bed.namespaceA)
             #expect {
-                try Port.open(missing, onReceive: { _ in }, onSendComplete: { _ in })
+                try XDPPort.open(missing, onReceive: { _ in }, onSendComplete: { _ in })
             } throws: { error in
                 error as? AFXDPError == .interfaceNotFound(interface: "nosuch0", namespace: bed.namespaceA)
                     && "\(error)".contains("ip -n \(bed.namespaceA) link")
+                    && (error as? AFXDPError)?.origin == .environment
             }
             let noNamespace = PortConfiguration(interface: bed.interfaceA, networkNamespace: "afxdp-no-such-namespace")
             #expect {
-                try Port.open(noNamespace, onReceive: { _ in }, onSendComplete: { _ in })
+                try XDPPort.open(noNamespace, onReceive: { _ in }, onSendComplete: { _ in })
             } throws: { error in
                 error as? AFXDPError == .namespaceNotFound("afxdp-no-such-namespace") && "\(error)".contains("ip netns list")
             }
@@ -54,13 +73,13 @@ struct BadInputTests {
             var configuration = PortConfiguration(interface: bed.interfaceA, queue: 99, networkNamespace: bed.namespaceA)
             configuration.etherTypeFilter = TestFrame.etherType
             #expect {
-                try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+                try XDPPort.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
             } throws: { error in
                 "\(error)".contains("queue 99 does not exist on \(bed.interfaceA), which has 1 queue(s): use a queue from 0 to 0")
             }
             #expect(try !hasXDPProgram(bed.interfaceA, namespace: bed.namespaceA))
             configuration.queue = 0
-            let port = try Port.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+            let port = try XDPPort.open(configuration, onReceive: { _ in }, onSendComplete: { _ in })
             port.close()
         }
     }
@@ -69,7 +88,7 @@ struct BadInputTests {
     func lengthMessages() throws {
         var configuration = PortConfiguration(interface: "sim0")
         configuration.frameSize = 4096
-        let (port, _) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+        let (port, _) = try XDPPort.openSimulated(configuration, onReceive: { _ in }, onSendComplete: { _ in })
         defer { port.close() }
         let list = try #require(try port.allocateList(packetCount: 1))
         var errors: [AFXDPError] = []
@@ -122,7 +141,7 @@ struct BadInputTests {
                     precondition(drop() == 0)
                     defer { precondition(ctest_restore_effective_capabilities() == 0) }
                     do {
-                        let port = try Port.open(PortConfiguration(interface: bed.interfaceA), onReceive: { _ in }, onSendComplete: { _ in })
+                        let port = try XDPPort.open(PortConfiguration(interface: bed.interfaceA), onReceive: { _ in }, onSendComplete: { _ in })
                         port.close()
                         outcome.withLock { $0 = .success(()) }
                     } catch let error as AFXDPError {

@@ -32,7 +32,7 @@ struct ContractTests {
 
     @Test("a stale list handle throws on every accessor; a packet of a list returned mid-walk refuses every use and its slot's next owner is untouched")
     func staleHandles() throws {
-        let (port, kernel) = try Port.openSimulated(smallConfiguration(), onReceive: { _ in }, onSendComplete: { _ in })
+        let (port, kernel) = try XDPPort.openSimulated(smallConfiguration(), onReceive: { _ in }, onSendComplete: { _ in })
         defer { port.close() }
         // 40 packets: more than a slot holds inline, so the list gets a large chunk.
         let first = try #require(try port.allocateList(packetCount: 40))
@@ -86,10 +86,10 @@ struct ContractTests {
 
     @Test("a list handle kept after its port is gone stays readable: no freed or unmapped memory is read")
     func handleOutlivesPort() throws {
-        weak var weakPort: Port?
+        weak var weakPort: XDPPort?
         let kept: PacketList
         do {
-            let (port, _) = try Port.openSimulated(smallConfiguration(), onReceive: { _ in }, onSendComplete: { _ in })
+            let (port, _) = try XDPPort.openSimulated(smallConfiguration(), onReceive: { _ in }, onSendComplete: { _ in })
             weakPort = port
             kept = try #require(try port.allocateList(packetCount: 3))
             try fill(kept, stream: 0, firstSequence: 7, length: 100, from: macA, to: macB)
@@ -116,7 +116,7 @@ struct ContractTests {
             var indication: ReceiveIndication?
         }
         let kept = Kept()
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             smallConfiguration(), loopback: true,
             onReceive: { kept.indication = $0 },
             onSendComplete: { batch in
@@ -151,7 +151,7 @@ struct ContractTests {
         let insideCall = ManagedAtomic<Bool>(false)
         let handlerCallsInsideSend = ManagedAtomic<Int>(0)
         let deliveries = ManagedAtomic<Int>(0)
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             smallConfiguration(),
             onReceive: { _ in if insideCall.load(ordering: .relaxed) { handlerCallsInsideSend.wrappingIncrement(ordering: .relaxed) } },
             onSendComplete: { batch in
@@ -182,7 +182,7 @@ struct ContractTests {
     func resendingHandlerIsBounded() throws {
         let deliveriesThisPoll = ManagedAtomic<Int>(0)
         let resent = ManagedAtomic<Int>(0)
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             smallConfiguration(), onReceive: { _ in },
             onSendComplete: { batch in
                 deliveriesThisPoll.wrappingIncrement(ordering: .relaxed)
@@ -232,7 +232,7 @@ struct ContractTests {
             let lock = TestLock<[SendStatus]>([])
         }
         let statuses = Statuses()
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             smallConfiguration(), onReceive: { _ in },
             onSendComplete: { batch in for list in batch { statuses.lock.withLock { $0.append((try? list.status) ?? .pending) } } })
         kernel.completesOnTransmit = false
@@ -274,17 +274,17 @@ struct ContractTests {
     @Test("a send between its admission and its mailbox push while close tears down: completed once, or refused and kept")
     func sendRacingTeardown() throws {
         let completed = TestLock<[PacketList]>([])
-        let (port, _) = try Port.openSimulated(
+        let (port, _) = try XDPPort.openSimulated(
             smallConfiguration(), onReceive: { _ in },
             onSendComplete: { batch in completed.withLock { $0.append(contentsOf: batch) } })
         let list = try #require(try port.allocateList(packetCount: 2))
         try fill(list, stream: 0, firstSequence: 0, length: 64, from: macA, to: macB)
         let slowThread = ManagedAtomic<UInt>(0)
-        Port.testHookBeforePush = {
+        XDPPort.testHookBeforePush = {
             // Only the sending thread below waits here: long enough for close to begin its teardown.
             if slowThread.load(ordering: .relaxed) == UInt(pthread_self()) { usleep(200_000) }
         }
-        defer { Port.testHookBeforePush = nil }
+        defer { XDPPort.testHookBeforePush = nil }
         let outcome = TestLock<AFXDPError?>(nil)
         runThreads(2) { index in
             if index == 0 {
@@ -318,7 +318,7 @@ struct ContractTests {
         var configuration = smallConfiguration()
         configuration.transmitRingSize = 8
         configuration.completionRingSize = 16
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             configuration, onReceive: { _ in },
             onSendComplete: { batch in completed.withLock { $0.append(contentsOf: batch) } })
         kernel.completesOnTransmit = false
@@ -350,14 +350,14 @@ struct ContractTests {
 
     @Test("A's handler polls B and B's handler closes A: no hang; A closes when A's poll unwinds")
     func closeTwoLevelsDown() throws {
-        final class Ports: @unchecked Sendable { var a: Port?; var b: Port? }
+        final class Ports: @unchecked Sendable { var a: XDPPort?; var b: XDPPort? }
         let ports = Ports()
-        let (a, kernelA) = try Port.openSimulated(
+        let (a, kernelA) = try XDPPort.openSimulated(
             smallConfiguration(), onReceive: { indication in
                 try? indication.port.returnList(indication.list)
                 ports.b?.poll()
             }, onSendComplete: { _ in })
-        let (b, kernelB) = try Port.openSimulated(
+        let (b, kernelB) = try XDPPort.openSimulated(
             smallConfiguration(), onReceive: { indication in
                 try? indication.port.returnList(indication.list)
                 ports.a?.close()
@@ -381,10 +381,10 @@ struct ContractTests {
         await #expect(processExitsWith: .success) {
             // A watchdog: a hang ends the child with a failure instead of hanging the run.
             detachThread { sleep(20); exit(3) }
-            final class Ports: @unchecked Sendable { var a: Port?; var b: Port? }
+            final class Ports: @unchecked Sendable { var a: XDPPort?; var b: XDPPort? }
             let ports = Ports()
             let entered = ManagedAtomic<Int>(0)
-            func onReceive(closing other: @escaping @Sendable () -> Port?) -> @Sendable (ReceiveIndication) -> Void {
+            func onReceive(closing other: @escaping @Sendable () -> XDPPort?) -> @Sendable (ReceiveIndication) -> Void {
                 { indication in
                     try? indication.port.returnList(indication.list)
                     // Both handlers run at once, then each closes the other's port.
@@ -395,8 +395,8 @@ struct ContractTests {
             }
             var configuration = PortConfiguration(interface: "sim0")
             configuration.receiveBatchSize = 1
-            let (a, kernelA) = try! Port.openSimulated(configuration, onReceive: onReceive { ports.b }, onSendComplete: { _ in })
-            let (b, kernelB) = try! Port.openSimulated(configuration, onReceive: onReceive { ports.a }, onSendComplete: { _ in })
+            let (a, kernelA) = try! XDPPort.openSimulated(configuration, onReceive: onReceive { ports.b }, onSendComplete: { _ in })
+            let (b, kernelB) = try! XDPPort.openSimulated(configuration, onReceive: onReceive { ports.a }, onSendComplete: { _ in })
             ports.a = a
             ports.b = b
             let bytes = [UInt8](repeating: 1, count: 64)
@@ -415,7 +415,7 @@ struct ContractTests {
     @Test("completions the engine never asked for (a frame not sent, an address outside the UMEM, a duplicate) are counted and ignored")
     func unexpectedCompletions() throws {
         let completed = ManagedAtomic<Int>(0)
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             smallConfiguration(), onReceive: { _ in },
             onSendComplete: { batch in
                 for list in batch {
@@ -445,7 +445,7 @@ struct ContractTests {
 
     @Test("caller mistakes throw with what to do: list sizes, priority, allocating on a closed port; close and pause from a handler do not trap")
     func callerMistakesThrow() throws {
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             smallConfiguration(),
             onReceive: { indication in
                 try? indication.port.returnList(indication.list)

@@ -60,7 +60,7 @@ extension DeviceLostTests {
             configuration.etherTypeFilter = TestFrame.etherType
             let completions = CompletionChecker()
             let top = try FilterDriver.open(
-                over: Port.below(configuration), onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
+                over: XDPPort.below(configuration), onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
             _ = try runCommand(["ip", "-n", bed.namespaceA, "link", "del", "dev", bed.interfaceA])
             for number in 0..<20 {
                 let list = try #require(try top.allocateList(packetCount: 8))
@@ -71,7 +71,7 @@ extension DeviceLostTests {
             let deadline = Deadline(seconds: 10)
             while top.currentState != .closed, !deadline.passed { top.poll() }
             #expect(top.currentState == .closed, "the stack closed when the port below lost its device")
-            #expect((top.bindings[0] as? Port)?.isDeviceLost == true)
+            #expect((top.bindings[0] as? XDPPort)?.isDeviceLost == true)
             let state = completions.state.withLock { $0 }
             #expect(state.completed == 20, "every send came up once")
             #expect(state.outOfOrder == 0)

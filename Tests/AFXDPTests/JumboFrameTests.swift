@@ -61,7 +61,7 @@ struct JumboFrameTests {
     }
 
     /// How many bytes one entry (one UMEM frame) of the port's lists holds.
-    static func capacity(_ port: Port) throws -> Int {
+    static func capacity(_ port: XDPPort) throws -> Int {
         let probe = try #require(try port.allocateList(packetCount: 1))
         defer { try? port.returnList(probe) }
         return try #require(try probe.packets.withPacket(at: 0) { packet throws(AFXDPError) in try packet.capacity })
@@ -70,7 +70,7 @@ struct JumboFrameTests {
     /// Allocates and fills one list with `lengths`' frames, each spread over
     /// as many entries as it needs.
     static func makeList(
-        _ port: Port, lengths: [Int], firstSequence: UInt32, from source: MACAddress, to destination: MACAddress
+        _ port: XDPPort, lengths: [Int], firstSequence: UInt32, from source: MACAddress, to destination: MACAddress
     ) throws -> (PacketList, [[UInt8]])? {
         let room = try capacity(port)
         let entriesPerFrame = lengths.map { ($0 + room - 1) / room }

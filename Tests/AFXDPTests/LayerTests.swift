@@ -9,11 +9,11 @@ import Testing
 final class SimulatedBelow: @unchecked Sendable {
     // @unchecked: filled while the driver opens, read after.
     private(set) var kernels: [SimulatedKernel] = []
-    private(set) var ports: [Port] = []
+    private(set) var ports: [XDPPort] = []
 
     func opener(_ configuration: PortConfiguration = PortConfiguration(interface: "sim0"), umem: UMEM? = nil, loopback: Bool) -> LowerOpener {
         { [self] handlers throws(AFXDPError) in
-            let (port, kernel) = try Port.openSimulated(
+            let (port, kernel) = try XDPPort.openSimulated(
                 configuration, umem: umem, loopback: loopback, onReceive: handlers.onReceive, onSendComplete: handlers.onSendComplete)
             kernels.append(kernel)
             ports.append(port)
@@ -343,7 +343,7 @@ struct LayerSimulatedTests {
         try filter.returnList(list)
         #expect(throws: AFXDPError.listAlreadyReturned) { try filter.returnList(list) }
         #expect(throws: AFXDPError.listAlreadyReturned) { try filter.send(list) }
-        let (other, _) = try Port.openSimulated(
+        let (other, _) = try XDPPort.openSimulated(
             PortConfiguration(interface: "sim1"), loopback: false, onReceive: { _ in }, onSendComplete: { _ in })
         let foreign = try #require(try other.allocateList(packetCount: 1))
         try foreign.packets.forEach { try $0.setLength(60) }

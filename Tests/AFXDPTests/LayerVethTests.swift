@@ -35,9 +35,9 @@ struct LayerVethTests {
                 onSendComplete: { batch in for list in batch { try? batch.port.returnList(list) } })
             let receivedAtA = ReceiveChecker(), receivedAtB = ReceiveChecker()
             let completionsA = CompletionChecker(), completionsB = CompletionChecker()
-            let a = try Port.open(
+            let a = try XDPPort.open(
                 configuration(bed.interfaceA, bed.namespaceA), onReceive: receivedAtA.handle, onSendComplete: completionsA.handle)
-            let b = try Port.open(
+            let b = try XDPPort.open(
                 configuration(bed.interfaceB, bed.namespaceB), onReceive: receivedAtB.handle, onSendComplete: completionsB.handle)
             defer {
                 for port in [a, b] { port.close() }

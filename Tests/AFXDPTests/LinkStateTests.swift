@@ -159,7 +159,7 @@ struct StallWatchdogTests {
         configuration.completionStallTimeout = .milliseconds(50)
         configuration.completionStallFailure = .milliseconds(400)
         configuration.onEvent = events.handle
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             configuration, onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
         kernel.completesOnTransmit = false
         var (next, lists) = (0, 0)
@@ -193,7 +193,7 @@ struct StallWatchdogTests {
     func linkDownIsNotAStall() throws {
         let events = EventRecorder()
         let completions = CompletionChecker()
-        let portBox = TestLock<Port?>(nil)
+        let portBox = TestLock<XDPPort?>(nil)
         var configuration = PortConfiguration(interface: "sim0")
         configuration.completionStallTimeout = .milliseconds(30)
         configuration.completionStallFailure = .milliseconds(100)
@@ -208,7 +208,7 @@ struct StallWatchdogTests {
             try? CompletionChecker.tag(list, stream: 1, number: 0)
             try? port.send(list)
         }
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             configuration, onReceive: { try? $0.port.returnList($0.list) }, onSendComplete: completions.handle)
         portBox.withLock { $0 = port }
         defer { portBox.withLock { $0 = nil } }

@@ -66,7 +66,7 @@ struct LoggingTests {
         configuration.completionStallTimeout = .milliseconds(30)
         configuration.completionStallFailure = .milliseconds(200)
         configuration.logger = log.logger
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             configuration, onReceive: { try? $0.port.returnList($0.list) },
             onSendComplete: { batch in for list in batch { try? batch.port.returnList(list) } })
         kernel.completesOnTransmit = false
@@ -92,7 +92,7 @@ struct MetricsTests {
     @Test("PortMetrics publishes the port's counters by their increase and its gauges by their value, under stable names with interface and queue")
     func countersAndGauges() throws {
         let metrics = TestMetrics()
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             PortConfiguration(interface: "sim0"), onReceive: { try? $0.port.returnList($0.list) },
             onSendComplete: { batch in for list in batch { try? batch.port.returnList(list) } })
         defer { port.close() }

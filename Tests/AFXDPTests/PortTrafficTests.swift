@@ -415,8 +415,8 @@ struct PortTrafficTests {
         try VethTestbed.withVethTestbed(queues: 2) { bed in
             let receivedOn = [ReceiveChecker(), ReceiveChecker()]
             let completions = [CompletionChecker(), CompletionChecker()]
-            var senders: [Port] = []
-            var receivers: [Port] = []
+            var senders: [XDPPort] = []
+            var receivers: [XDPPort] = []
             defer {
                 for port in senders + receivers { port.close() }
             }

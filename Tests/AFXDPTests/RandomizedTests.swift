@@ -132,7 +132,7 @@ final class RunLedger: @unchecked Sendable {
 /// One caller's moves, drawn from its own seeded generator.
 struct Caller {
     let index: Int
-    let port: Port
+    let port: XDPPort
     let ledger: RunLedger
     var random: SeededGenerator
 
@@ -261,7 +261,7 @@ struct KernelMoves {
 /// back to their caller (or are sent again at once, from inside the
 /// handler); received lists are held by a caller, returned at once, or sent
 /// back out; now and then a handler pauses or closes the port.
-func makeRandomizedPort(ledger: RunLedger, seed: UInt64, handlersCallBack: Bool) throws -> (Port, SimulatedKernel) {
+func makeRandomizedPort(ledger: RunLedger, seed: UInt64, handlersCallBack: Bool) throws -> (XDPPort, SimulatedKernel) {
     var configuration = PortConfiguration(interface: "sim0")
     configuration.transmitRingSize = 64
     configuration.completionRingSize = 128
@@ -272,7 +272,7 @@ func makeRandomizedPort(ledger: RunLedger, seed: UInt64, handlersCallBack: Bool)
     configuration.receiveFrameCount = 256
     let handlerRandom = TestLock(SeededGenerator(seed: seed ^ 0xA11CE))
     let callers = ledger.callers
-    return try Port.openSimulated(
+    return try XDPPort.openSimulated(
         configuration, loopback: true,
         onReceive: { indication in
             let list = indication.list
@@ -315,7 +315,7 @@ func makeRandomizedPort(ledger: RunLedger, seed: UInt64, handlersCallBack: Bool)
 }
 
 /// After a run: close, give every list back, check the ledger and the pools.
-func settleRandomizedRun(port: Port, kernel: SimulatedKernel, ledger: RunLedger) -> [String] {
+func settleRandomizedRun(port: XDPPort, kernel: SimulatedKernel, ledger: RunLedger) -> [String] {
     port.close(timeout: .milliseconds(5))
     var failures: [String] = []
     // Lists the close completed went to their callers; return everything.

@@ -11,7 +11,7 @@ import Testing
 final class TestForwarder: @unchecked Sendable {
     // @unchecked: the ports are set once before traffic; counters are atomics;
     // the address record is under a lock.
-    var ports: [Port] = []
+    var ports: [XDPPort] = []
     let forwarded = ManagedAtomic<Int>(0)
     let completed = ManagedAtomic<Int>(0)
     let refused = ManagedAtomic<Int>(0)
@@ -57,7 +57,7 @@ final class TestForwarder: @unchecked Sendable {
     }
 }
 
-extension Port {
+extension XDPPort {
     /// The frames of the port's receive pool.
     var receiveRangeForTests: Range<Int> { poolRanges.receive }
 }
@@ -80,13 +80,13 @@ struct SharedUMEMTests {
     }
 
     /// Two simulated ports on one UMEM with a forwarder between them.
-    func forwardingPair(completeOnTransmit: Bool = true) throws -> (UMEM, TestForwarder, [Port], [SimulatedKernel]) {
+    func forwardingPair(completeOnTransmit: Bool = true) throws -> (UMEM, TestForwarder, [XDPPort], [SimulatedKernel]) {
         let umem = try UMEM(frameCount: 512, frameSize: 4096)
         let forwarder = TestForwarder()
-        var ports: [Port] = []
+        var ports: [XDPPort] = []
         var kernels: [SimulatedKernel] = []
         for index in 0..<2 {
-            let (port, kernel) = try Port.openSimulated(
+            let (port, kernel) = try XDPPort.openSimulated(
                 smallConfiguration(), umem: umem, onReceive: forwarder.receive(on: index),
                 onSendComplete: forwarder.complete(on: index))
             kernel.completesOnTransmit = completeOnTransmit
@@ -186,8 +186,8 @@ struct SharedUMEMTests {
     @Test("bad input on a shared UMEM: a list of another UMEM, a frame size that differs, a closed UMEM, one without room")
     func badInput() throws {
         let umem = try UMEM(frameCount: 600, frameSize: 4096)
-        let (a, _) = try Port.openSimulated(smallConfiguration(), umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
-        let (other, _) = try Port.openSimulated(smallConfiguration(), onReceive: { _ in }, onSendComplete: { _ in })
+        let (a, _) = try XDPPort.openSimulated(smallConfiguration(), umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
+        let (other, _) = try XDPPort.openSimulated(smallConfiguration(), onReceive: { _ in }, onSendComplete: { _ in })
         let foreign = try #require(try other.allocateList(packetCount: 1))
         try fill(foreign, stream: 0, firstSequence: 0, length: 64, from: macA, to: macB)
         #expect(throws: AFXDPError.foreignList) { try a.send(foreign) }
@@ -199,18 +199,18 @@ struct SharedUMEMTests {
         var small = smallConfiguration()
         small.frameSize = 2048
         #expect {
-            try Port.openSimulated(small, umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
+            try XDPPort.openSimulated(small, umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
         } throws: { error in
             "\(error)".contains("frameSize 2048 differs from its UMEM's 4096")
         }
         // 600 frames: A took 256; 344 left, a port needs 256; then 88.
-        let (b, _) = try Port.openSimulated(smallConfiguration(), umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
+        let (b, _) = try XDPPort.openSimulated(smallConfiguration(), umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
         #expect(throws: AFXDPError.umemExhausted(needed: 256, available: 88)) {
-            try Port.openSimulated(smallConfiguration(), umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
+            try XDPPort.openSimulated(smallConfiguration(), umem: umem, onReceive: { _ in }, onSendComplete: { _ in })
         }
         umem.close()
         #expect(throws: AFXDPError.umemClosed) {
-            try Port.openSimulated(smallConfiguration(), umem: UMEM.closedForTests(), onReceive: { _ in }, onSendComplete: { _ in })
+            try XDPPort.openSimulated(smallConfiguration(), umem: UMEM.closedForTests(), onReceive: { _ in }, onSendComplete: { _ in })
         }
         // Ports already open go on.
         let list = try #require(try b.allocateList(packetCount: 1))
@@ -241,7 +241,7 @@ struct SharedUMEMOverVethTests {
             // ends[e][q]: the port of end e on queue q; streams: 2 * e + q.
             let received = (0..<2).map { _ in (0..<2).map { _ in ReceiveChecker() } }
             let completions = (0..<2).map { _ in (0..<2).map { _ in CompletionChecker() } }
-            var opened: [[Port]] = [[], []]
+            var opened: [[XDPPort]] = [[], []]
             defer { for port in opened.flatMap({ $0 }) { port.close() } }
             for end in 0..<2 {
                 for queue in 0..<2 {
@@ -326,17 +326,17 @@ struct ForwardingTests {
         for (index, interface) in [bed.interfaceFA, bed.interfaceFB].enumerated() {
             var configuration = PortConfiguration(interface: interface, networkNamespace: bed.namespaceF)
             configuration.etherTypeFilter = TestFrame.etherType
-            forwarder.ports.append(try Port.open(
+            forwarder.ports.append(try XDPPort.open(
                 configuration, umem: umem, onReceive: forwarder.receive(on: index), onSendComplete: forwarder.complete(on: index)))
         }
         return forwarder
     }
 
-    func openEnd(_ bed: ForwardingTestbed, a: Bool, received: ReceiveChecker, completions: CompletionChecker) throws -> Port {
+    func openEnd(_ bed: ForwardingTestbed, a: Bool, received: ReceiveChecker, completions: CompletionChecker) throws -> XDPPort {
         var configuration = PortConfiguration(
             interface: a ? bed.interfaceA : bed.interfaceB, networkNamespace: a ? bed.namespaceA : bed.namespaceB)
         configuration.etherTypeFilter = TestFrame.etherType
-        return try Port.open(configuration, onReceive: received.handle, onSendComplete: completions.handle)
+        return try XDPPort.open(configuration, onReceive: received.handle, onSendComplete: completions.handle)
     }
 
     @Test("A to B and B to A through F, 1,000,000 frames each way: F copies nothing, nothing is lost, duplicated, reordered or corrupted")

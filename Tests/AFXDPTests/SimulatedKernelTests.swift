@@ -37,7 +37,7 @@ struct PacketTag: Equatable {
     var count: Int
 }
 
-/// Mirrors how `Port` drives its send region (`Port.send`, `serviceSend`,
+/// Mirrors how `XDPPort` drives its send region (`XDPPort.send`, `serviceSend`,
 /// `poll`, `returnList`), over heap memory instead of a socket.
 final class SimulatedPort {
     static let frameSize = 2048
@@ -53,7 +53,7 @@ final class SimulatedPort {
     var doorbell: RegionDoorbell { region.door }
     var context: SendContext { region.context }
     let log = CompletionLog()
-    /// What `Port.admission` would say: `.success` while running.
+    /// What `XDPPort.admission` would say: `.success` while running.
     var admission: SendStatus = .success
     private(set) var nextSequence = 0
     private(set) var sentPackets = 0
@@ -99,9 +99,9 @@ final class SimulatedPort {
         completion.deallocate()
     }
 
-    // MARK: The caller's side, as Port offers it
+    // MARK: The caller's side, as XDPPort offers it
 
-    /// `Port.send`: refuses bad input, hands the list to the region, then
+    /// `XDPPort.send`: refuses bad input, hands the list to the region, then
     /// runs a placing pass (no handler) if no one else has the region.
     func send(_ list: PacketList) throws(AFXDPError) {
         guard list.table === table else { throw .foreignList }
@@ -111,13 +111,13 @@ final class SimulatedPort {
         serviceSend()
     }
 
-    /// What `Port.send` runs after handing a list over.
+    /// What `XDPPort.send` runs after handing a list over.
     func serviceSend() {
         doorbell.runIfFree(rounds: 4) { region.placingPass(admit: admission) }
         notePass()
     }
 
-    /// `Port.poll`, send side only: a delivering pass.
+    /// `XDPPort.poll`, send side only: a delivering pass.
     @discardableResult
     func poll() -> Bool {
         var progress = false
@@ -126,7 +126,7 @@ final class SimulatedPort {
         return progress
     }
 
-    /// The send side of `Port.close`: drain with `.closing` (what the kernel
+    /// The send side of `XDPPort.close`: drain with `.closing` (what the kernel
     /// completes in time completes with `.success`), then, the socket being
     /// gone, count what the kernel never took as unsent, abandon what is
     /// still in flight, and deliver.
@@ -148,7 +148,7 @@ final class SimulatedPort {
         doorbell.ownership.release()
     }
 
-    /// `Port.returnList` for a send-pool list.
+    /// `XDPPort.returnList` for a send-pool list.
     func returnList(_ list: PacketList) throws(AFXDPError) {
         try table.transition(list, from: .caller, to: .free, bumpGeneration: true)
         pool.release(list.slot)
@@ -868,7 +868,7 @@ struct SimulatedKernelTests {
 }
 
 /// Completed lists are the caller's again and may be sent again without
-/// being returned (`Port` documents this). The engine does not reset a list's
+/// being returned (`XDPPort` documents this). The engine does not reset a list's
 /// status when it takes it back, so a list sent a second time carries its
 /// first completion's status through the whole second send.
 @Suite("Sending a completed list again")
@@ -956,9 +956,9 @@ struct CloseTests {
         #expect(home.lists == port.sendFrameCount)
     }
 
-    /// `Port.close` drains, then takes the send region for good
+    /// `XDPPort.close` drains, then takes the send region for good
     /// (`sendDoorbell.ownership.acquire()`), closes the socket, calls
-    /// `abandonInFlight()`. A `Port.send` racing with
+    /// `abandonInFlight()`. A `XDPPort.send` racing with
     /// it (allowed: any call, any thread, any time) passes the `!= .closed`
     /// check, moves its list to `.engine` and pushes it into the mailbox; its
     /// `tryAcquire` fails because close owns the region, so it returns.

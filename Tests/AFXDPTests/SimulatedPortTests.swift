@@ -3,7 +3,7 @@ import AFXDPRings
 import AFXDPTestbed
 import Testing
 
-/// `Port.openSimulated`: the whole engine over a kernel simulated in memory,
+/// `XDPPort.openSimulated`: the whole engine over a kernel simulated in memory,
 /// through the public API only; no interface, no privileges.
 @Suite("Simulated port")
 struct SimulatedPortTests {
@@ -17,7 +17,7 @@ struct SimulatedPortTests {
         var configuration = PortConfiguration(interface: "sim0")
         configuration.transmitRingSize = 256
         configuration.completionRingSize = 256
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             configuration, loopback: true, onReceive: received.handle, onSendComplete: completions.handle)
         var generator = Generator(port: port, completions: completions, total: 20_000, batch: 50, from: a, to: b)
         var passes = 0
@@ -53,7 +53,7 @@ struct SimulatedPortTests {
         configuration.fillRingSize = 256
         configuration.receiveRingSize = 256
         configuration.receiveBatchSize = 16
-        let (port, kernel) = try Port.openSimulated(
+        let (port, kernel) = try XDPPort.openSimulated(
             configuration, loopback: true, onReceive: received.handle, onSendComplete: completions.handle)
         let before = port.poolStatus
         #expect(before.totalLargeChunks == 16 && before.allLargeChunksHome)
@@ -101,7 +101,7 @@ struct SimulatedPortTests {
         configuration.transmitRingSize = 64
         configuration.completionRingSize = 64
         configuration.sendFrameCount = 4_000
-        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
+        let (port, kernel) = try XDPPort.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
         defer { port.close() }
         for n in 0..<1_000 {
             let list = try #require(try port.allocateList(packetCount: 4))
@@ -132,7 +132,7 @@ struct SimulatedPortTests {
         configuration.receiveRingSize = 64
         configuration.receiveFrameCount = 64
         configuration.receiveBatchSize = 16
-        let (port, kernel) = try Port.openSimulated(configuration, onReceive: received.handle, onSendComplete: { _ in })
+        let (port, kernel) = try XDPPort.openSimulated(configuration, onReceive: received.handle, onSendComplete: { _ in })
         defer { port.close() }
         var frame = [UInt8](repeating: 0, count: 64)
         func deliver(_ sequence: UInt64) -> Bool {
@@ -165,7 +165,7 @@ struct SimulatedPortTests {
         var configuration = PortConfiguration(interface: "sim0")
         configuration.transmitRingSize = 64
         configuration.completionRingSize = 64
-        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
+        let (port, kernel) = try XDPPort.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
         defer { port.close() }
         // 100 packets: 64 fit the rings, 36 wait; pausing stops the rest.
         let list = try #require(try port.allocateList(packetCount: 100))
@@ -194,7 +194,7 @@ struct SimulatedPortTests {
     func invalidDescriptorsAreSkipped() throws {
         var configuration = PortConfiguration(interface: "sim0")
         configuration.frameSize = 2048
-        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: { _ in })
+        let (port, kernel) = try XDPPort.openSimulated(configuration, onReceive: { _ in }, onSendComplete: { _ in })
         defer { port.close() }
         let umemSize = UInt64(port.umem.frameCount * 2048)
         let send = UInt64(port.configuration.resolvedReceiveFrameCount) * 2048
@@ -219,7 +219,7 @@ struct SimulatedPortTests {
         var configuration = PortConfiguration(interface: "sim0")
         configuration.transmitRingSize = 64
         configuration.completionRingSize = 128
-        let (port, kernel) = try Port.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
+        let (port, kernel) = try XDPPort.openSimulated(configuration, onReceive: { _ in }, onSendComplete: completions.handle)
         kernel.completesOnTransmit = false
         kernel.seedShuffle(42)
         var random = SeededGenerator(seed: 42)
@@ -263,7 +263,7 @@ struct SimulatedPortTests {
         configuration.receiveRingSize = 256
         configuration.receiveFrameCount = 64
         configuration.receiveBatchSize = 16
-        let (port, kernel) = try Port.openSimulated(configuration, onReceive: received.handle, onSendComplete: { _ in })
+        let (port, kernel) = try XDPPort.openSimulated(configuration, onReceive: received.handle, onSendComplete: { _ in })
         defer { port.close() }
         var frame = [UInt8](repeating: 0, count: 64)
         frame.withUnsafeMutableBytes { TestFrame.write(into: $0, length: 64, sequence: 0, source: a, destination: b) }

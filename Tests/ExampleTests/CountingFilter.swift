@@ -20,7 +20,7 @@ final class CountingFilter: Sendable {
     let isDropping = Atomic<Bool>(false)
 
     /// Opens the filter over the layer `lower` opens: a port
-    /// (`Port.below(configuration)`) or another driver.
+    /// (`XDPPort.below(configuration)`) or another driver.
     func open(
         over lower: @escaping LowerOpener,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,

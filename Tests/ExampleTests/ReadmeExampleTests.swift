@@ -33,8 +33,8 @@ struct ReadmeExampleTests {
             let atTop = Traffic(), atB = Traffic()
             let counter = CountingFilter()
             let top = try counter.open(
-                over: Port.below(configurationA), onReceive: atTop.received, onSendComplete: atTop.completed)
-            let b = try Port.open(configurationB, onReceive: atB.received, onSendComplete: atB.completed)
+                over: XDPPort.below(configurationA), onReceive: atTop.received, onSendComplete: atTop.completed)
+            let b = try XDPPort.open(configurationB, onReceive: atB.received, onSendComplete: atB.completed)
             defer {
                 b.close()
                 top.close()

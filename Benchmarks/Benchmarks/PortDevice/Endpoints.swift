@@ -13,7 +13,7 @@ import Glibc
 /// valid during the call); the sender takes them out to send again.
 ///
 /// Single thread: the benchmark's loop and the handlers it runs through
-/// `Port.send` and `Port.poll` are on one thread.
+/// `XDPPort.send` and `XDPPort.poll` are on one thread.
 final class ListBuffer: @unchecked Sendable {
     // @unchecked: touched by one thread only (see above).
     private let storage: UnsafeMutablePointer<PacketList>
@@ -66,7 +66,7 @@ final class Endpoint: @unchecked Sendable {
     let namespace: String
     let macAddress: MACAddress
     /// Set once the port is open; nil again after `close()`.
-    private(set) var port: Port?
+    private(set) var port: XDPPort?
 
     /// Lists the port has completed and not yet taken out for sending (when
     /// `keepsCompletedLists`; otherwise the handler returns them to the pool).
@@ -97,7 +97,7 @@ final class Endpoint: @unchecked Sendable {
     func open() throws {
         var configuration = PortConfiguration(interface: interface, networkNamespace: namespace)
         configuration.etherTypeFilter = TestFrame.etherType
-        port = try Port.open(
+        port = try XDPPort.open(
             configuration,
             onReceive: { [unowned self] indication in self.receive(indication) },
             onSendComplete: { [unowned self] batch in self.complete(batch) })

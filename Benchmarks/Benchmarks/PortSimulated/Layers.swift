@@ -1,7 +1,7 @@
 // The intermediate drivers (FilterDriver, PriorityClassifier, MultiQueuePort,
-// Bridge) over ports opened with `Port.openSimulated`, through their public
+// Bridge) over ports opened with `XDPPort.openSimulated`, through their public
 // API only: each driver opens its simulated ports through `LowerOpener`s, as
-// it would open real ones with `Port.below`. What is measured is a list's
+// it would open real ones with `XDPPort.below`. What is measured is a list's
 // way down through the layer, the port's work, and its way back up
 // (completion, indication, return): the layer's per-list records, in-order
 // upward completion, forwarding and going home. Nothing here may allocate
@@ -221,7 +221,7 @@ final class SimulatedLowers: @unchecked Sendable {
     /// How a driver opens a simulated port below it (on `umem`, or one of its own).
     func opener(umem: UMEM? = nil, loopback: Bool) -> LowerOpener {
         { [self] handlers throws(AFXDPError) in
-            let (port, kernel) = try Port.openSimulated(
+            let (port, kernel) = try XDPPort.openSimulated(
                 configuration, umem: umem, loopback: loopback, onReceive: handlers.onReceive,
                 onSendComplete: handlers.onSendComplete)
             kernels.append(kernel)

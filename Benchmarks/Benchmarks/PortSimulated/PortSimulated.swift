@@ -1,5 +1,5 @@
-// NIC-free benchmarks of the engine itself, through its public API: a Port
-// opened with `Port.openSimulated`, whose SimulatedKernel plays the kernel's
+// NIC-free benchmarks of the engine itself, through its public API: a XDPPort
+// opened with `XDPPort.openSimulated`, whose SimulatedKernel plays the kernel's
 // side of the rings in memory. No interface, no privileges, no system calls:
 // what is measured is the engine's own work per list (pool, list building,
 // send queue, placement, completion mapping, receive indication, return),
@@ -120,6 +120,32 @@ let benchmarks: @Sendable () -> Void = {
         try ForwardingFixture()
     }
 
+    // The async face: a task sends a list without waiting, the kernel loops
+    // it back, and the task awaits its completion and the received list
+    // (polling the port itself before it would suspend), then returns the
+    // received list. Per list: what `AsyncPort` adds to the callback path.
+    Benchmark("async-loopback-send-await-completion-and-receive-list-of-64") { benchmark, fixture async throws in
+        var list = fixture.filledList()
+        var completions = fixture.asyncPort.completions.makeAsyncIterator()
+        var received = fixture.asyncPort.received.makeAsyncIterator()
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            try fixture.asyncPort.sendAndForget(list)
+            // The wire. The list is in the TX ring now, or (when the async
+            // port's thread had the send side) as soon as that pass ends.
+            var taken = 0
+            while taken < packetsPerList { taken += fixture.kernel.transmit() }
+            guard let completed = await completions.next(), let indication = await received.next() else { break }
+            try fixture.asyncPort.returnList(indication.list)
+            list = completed.list
+        }
+        benchmark.stopMeasurement()
+        precondition(fixture.asyncPort.port.statistics.receive.packets >= benchmark.scaledIterations.count * packetsPerList)
+        try fixture.asyncPort.returnList(list)
+    } setup: {
+        try AsyncFixture()
+    }
+
     // The same through each intermediate driver (Layers.swift).
     layerBenchmarks()
 }
@@ -148,7 +174,7 @@ final class ForwardingFixture: @unchecked Sendable {
 /// Where A's handler sends: set once, before the measurement.
 final class ForwardTarget: @unchecked Sendable {
     // @unchecked: written once before any traffic, then only read.
-    var port: Port?
+    var port: XDPPort?
 }
 
 /// Completed lists, kept without allocating: a fixed slot the completion
@@ -171,7 +197,7 @@ final class CompletedSlot: @unchecked Sendable {
 /// A simulated port and its kernel, for one benchmark.
 final class SimulatedFixture: @unchecked Sendable {
     // @unchecked: used by the benchmark's one thread.
-    let port: Port
+    let port: XDPPort
     let kernel: SimulatedKernel
     let completed = CompletedSlot()
 
@@ -183,7 +209,7 @@ final class SimulatedFixture: @unchecked Sendable {
         let completed = self.completed
         var configuration = PortConfiguration(interface: "sim0")
         configuration.frameSize = 2048
-        let opened = try Port.openSimulated(
+        let opened = try XDPPort.openSimulated(
             configuration, umem: umem, loopback: loopback,
             onReceive: onReceive ?? { indication in try! indication.port.returnList(indication.list) },
             onSendComplete: onComplete ?? { batch in completed.put(batch) })
@@ -201,4 +227,39 @@ final class SimulatedFixture: @unchecked Sendable {
     }
 
     deinit { port.close() }
+}
+
+/// A simulated loopback port under the async face.
+final class AsyncFixture: @unchecked Sendable {
+    // @unchecked: the kernel handle is set once, in init, before any use.
+    var kernel: SimulatedKernel!
+    var asyncPort: AsyncPort!
+
+    init() throws {
+        var configuration = PortConfiguration(interface: "sim0")
+        configuration.frameSize = 2048
+        let box = KernelBox()
+        asyncPort = try AsyncPort.open { [configuration] handlers throws(AFXDPError) in
+            let opened = try XDPPort.openSimulated(
+                configuration, loopback: true, onReceive: handlers.onReceive, onSendComplete: handlers.onSendComplete)
+            box.kernel = opened.kernel
+            return opened.port
+        }
+        kernel = box.kernel
+    }
+
+    func filledList() -> PacketList {
+        let list = try! asyncPort.allocateList(packetCount: packetsPerList)!
+        try! list.packets.forEach { packet throws(AFXDPError) in
+            try packet.buffer.initializeMemory(as: UInt8.self, repeating: 0xA5)
+            try packet.setLength(frameLength)
+        }
+        return list
+    }
+}
+
+/// Carries the simulated kernel out of the opener closure.
+final class KernelBox: @unchecked Sendable {
+    // @unchecked: written once inside `AsyncPort.open`, read right after it.
+    var kernel: SimulatedKernel?
 }

@@ -3,7 +3,7 @@ import AFXDPRings
 import Atomics
 
 /// The kernel's side of a port's four rings, in memory: what a port opened
-/// with `Port.openSimulated` has instead of an AF_XDP socket.
+/// with `XDPPort.openSimulated` has instead of an AF_XDP socket.
 ///
 /// It does only what it is asked, and it does it the way the kernel does,
 /// unkind parts included:

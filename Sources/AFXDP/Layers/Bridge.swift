@@ -85,7 +85,7 @@ public final class Bridge: IntermediateDriver, @unchecked Sendable {
         }
         let umem = if let umem { umem } else { try UMEM(frameCount: a.umemFrameCount + b.umemFrameCount, frameSize: a.frameSize) }
         return try open(
-            a: Port.below(a, umem: umem), b: Port.below(b, umem: umem), verdict: verdict, sendSide: sendSide,
+            a: XDPPort.below(a, umem: umem), b: XDPPort.below(b, umem: umem), verdict: verdict, sendSide: sendSide,
             onReceive: onReceive, onSendComplete: onSendComplete)
     }
 

@@ -5,7 +5,7 @@
 ///
 ///     let counter = Counter()
 ///     let filter = try FilterDriver.open(
-///         name: "counter", over: Port.below(configuration),
+///         name: "counter", over: XDPPort.below(configuration),
 ///         onSend: { list in counter.sent += try list.count },
 ///         onReceiveFilter: { list in counter.received += (try? list.count) ?? 0; return .pass },
 ///         onReceive: { indication in ... }, onSendComplete: { batch in ... })

@@ -96,6 +96,11 @@ public class IntermediateDriver: PacketPort, @unchecked Sendable {
 
     public func restart() { core.restart() }
 
+    /// Holds (or resumes) receive on every layer below.
+    public func holdReceive(_ hold: Bool) {
+        for lower in core.lowers { lower.holdReceive(hold) }
+    }
+
     public func close(timeout: Duration) { core.close(timeout: timeout) }
 
     public var currentState: PortState { core.state }
@@ -104,7 +109,7 @@ public class IntermediateDriver: PacketPort, @unchecked Sendable {
 
     public var statistics: Statistics { Statistics.sum(core.lowers.map(\.statistics)) }
 
-    public var poolStatus: Port.PoolStatus { Port.PoolStatus.sum(core.lowers.map(\.poolStatus)) }
+    public var poolStatus: XDPPort.PoolStatus { XDPPort.PoolStatus.sum(core.lowers.map(\.poolStatus)) }
 
     public var stack: StackDescription {
         StackDescription(kind: .intermediate, name: layerName, layerStatistics: core.layerStatistics, lower: core.lowers.map(\.stack))
@@ -168,10 +173,10 @@ extension Statistics {
     }
 }
 
-extension Port.PoolStatus {
+extension XDPPort.PoolStatus {
     /// Pools of several ports added together (a layer over them).
-    static func sum(_ all: [Port.PoolStatus]) -> Port.PoolStatus {
-        var total = Port.PoolStatus(
+    static func sum(_ all: [XDPPort.PoolStatus]) -> XDPPort.PoolStatus {
+        var total = XDPPort.PoolStatus(
             totalFrames: 0, sendFramesFree: 0, receiveFramesWithEngine: 0, receiveFramesHeldByCaller: 0,
             framesLentToOtherPorts: 0, totalLargeChunks: 0, largeChunksFree: 0)
         for one in all {

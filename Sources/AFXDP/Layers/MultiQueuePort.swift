@@ -56,13 +56,13 @@ public final class MultiQueuePort: IntermediateDriver, @unchecked Sendable {
         for offset in 0..<queues {
             var queueConfiguration = configuration
             queueConfiguration.queue = configuration.queue + UInt32(offset)
-            openers.append(Port.below(queueConfiguration, umem: umem))
+            openers.append(XDPPort.below(queueConfiguration, umem: umem))
         }
         try driver.core.bind(openers)
         return driver
     }
 
-    /// This layer over queues the caller opens (`Port.below(...)` for each,
+    /// This layer over queues the caller opens (`XDPPort.below(...)` for each,
     /// on one UMEM, or simulated ports, or other drivers), in queue order.
     public static func open(
         over queues: [LowerOpener],

@@ -3,7 +3,7 @@ import Atomics
 
 /// A NET_BUFFER_LIST: a handle to a list of packets, each one UMEM frame.
 ///
-/// A list is the unit of send and of completion: `Port.send` takes one and
+/// A list is the unit of send and of completion: `XDPPort.send` takes one and
 /// the completion handler gives it back with a `status`. Received frames are
 /// indicated as lists too, pointing into the UMEM without a copy.
 ///

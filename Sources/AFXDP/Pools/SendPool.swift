@@ -3,7 +3,7 @@ import AFXDPRings
 import Atomics
 
 /// A port's send pool: the frames, list slots and large chunks it hands out
-/// for sends (`Port.allocateList`), and takes back when such a list is
+/// for sends (`XDPPort.allocateList`), and takes back when such a list is
 /// returned, on whichever port of the UMEM that happens.
 ///
 /// Its free stacks are part of the owning port's shared region and guarded by

@@ -57,7 +57,7 @@ final class ReceiveContext: @unchecked Sendable {
     /// The port this region belongs to; set once, right after the port is
     /// made. Indications (the only use) happen while the rings are open, when
     /// the port is alive.
-    @exclusivity(unchecked) unowned(unsafe) var port: Port!
+    @exclusivity(unchecked) unowned(unsafe) var port: XDPPort!
 
     /// Who owns the region now, and the mailbox of returned lists: written by
     /// any thread, on lines of their own.
@@ -70,7 +70,7 @@ final class ReceiveContext: @unchecked Sendable {
     let counters = ReceiveCounters()
     /// Receive frames held by the caller (indicated, not returned), and the
     /// engine's free frames and large chunks as of its last pass: written by
-    /// the owner, read by anyone (`Port.poolStatus` never waits for the region).
+    /// the owner, read by anyone (`XDPPort.poolStatus` never waits for the region).
     private let heldStorage = UnsafeMutablePointer<Int.AtomicRepresentation>.allocate(capacity: 16)
 
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
@@ -113,13 +113,18 @@ final class ReceiveContext: @unchecked Sendable {
     private var held: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage) }
     private var publishedFreeFrames: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage + 1) }
     private var publishedFreeLargeChunks: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage + 2) }
+    /// 1 while the caller holds indications back (`holdReceive`): passes
+    /// still take returns and refill, but leave the RX ring to the kernel.
+    /// Written by any thread, read by the owner.
+    private var indicationsHeld: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage + 3) }
+    func holdIndications(_ hold: Bool) { indicationsHeld.store(hold ? 1 : 0, ordering: .relaxed) }
     var framesHeldByCaller: Int { held.load(ordering: .relaxed) }
     /// Receive frames the engine has (free, or with the kernel), as of the last pass.
     var framesWithEngine: Int { publishedFreeFrames.load(ordering: .relaxed) + counters.framesWithKernel }
     /// Receive large chunks not lent to a list, as of the last pass.
     var largeChunksFree: Int { publishedFreeLargeChunks.load(ordering: .relaxed) }
 
-    /// Publishes the owner-only counts that `Port.poolStatus` reads.
+    /// Publishes the owner-only counts that `XDPPort.poolStatus` reads.
     private func publish() {
         publishedFreeFrames.store(freeFrames.count, ordering: .relaxed)
         publishedFreeLargeChunks.store(freeLargeChunks.count, ordering: .relaxed)
@@ -137,6 +142,7 @@ final class ReceiveContext: @unchecked Sendable {
         defer { publish() }
         guard ringsOpen else { return progress }
         refill()
+        guard indicationsHeld.load(ordering: .relaxed) == 0 else { return progress }
         for _ in 0..<maximumLists {
             guard indicateOnce() else { break }
             progress = true

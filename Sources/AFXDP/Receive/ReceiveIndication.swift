@@ -2,7 +2,7 @@
 /// into the UMEM. The list is the caller's until it calls `returnList`;
 /// until then the engine does not touch its frames. The indication is a
 /// plain value: keeping it (or its list) past the handler call is safe.
-public struct ReceiveIndication {
+public struct ReceiveIndication: Sendable {
     /// The port that received the list, or the intermediate driver that
     /// passed it up: the one to return it to.
     public let port: any PacketPort

@@ -61,7 +61,7 @@ final class SendContext: @unchecked Sendable {
     /// The port this region belongs to; set once, right after the port is
     /// made (never in tests that drive a send region alone). The port owns
     /// this region, so it outlives every pass.
-    @exclusivity(unchecked) unowned(unsafe) var port: Port? {
+    @exclusivity(unchecked) unowned(unsafe) var port: XDPPort? {
         didSet { delivery.port = port }
     }
 

@@ -1,6 +1,6 @@
 /// The send region whole: its door (owner and mailbox, which any thread
 /// touches) and its owner-only state, with the two kinds of pass that drive
-/// it. `Port` decides when each runs; tests drive a region alone the same way.
+/// it. `XDPPort` decides when each runs; tests drive a region alone the same way.
 final class SendRegion: @unchecked Sendable {
     // @unchecked: `door` holds atomics; `context` is touched only by the
     // door's owner (see SendContext).

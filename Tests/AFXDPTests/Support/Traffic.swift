@@ -76,7 +76,7 @@ final class ReceiveChecker: @unchecked Sendable {
         received.wrappingIncrement(by: count, ordering: .releasing)
     }
 
-    func returnHeld(to port: Port) throws {
+    func returnHeld(to port: XDPPort) throws {
         for list in held.withLock({ lists in defer { lists.removeAll() }; return lists }) {
             try port.returnList(list)
         }
@@ -174,7 +174,7 @@ final class SharedWindow: Sendable {
 /// kernel counted as dropped (at the receiving socket, in the veth queues)
 /// against what is missing. Frames missing beyond the kernel's count are
 /// the engine's.
-func lossReport(missing: Int, sender: Port, receiver: Port, bed: VethTestbed) -> String {
+func lossReport(missing: Int, sender: XDPPort, receiver: XDPPort, bed: VethTestbed) -> String {
     let kernel = receiver.statistics.kernel
     // A frame the peer's veth queue had no room for is dropped in the
     // sender's veth_xmit and counted as its interface's tx_dropped.
@@ -208,7 +208,7 @@ func fill(_ list: PacketList, stream: Int, firstSequence: UInt64, length: Int, f
 /// Sends `count` lists of `size` frames of stream 0, numbered on from
 /// `next`, each tagged `lists` (counted on) for the completion checker.
 func sendLists(
-    _ port: Port, count: Int, size: Int, next: inout Int, lists: inout Int, from: MACAddress, to: MACAddress
+    _ port: XDPPort, count: Int, size: Int, next: inout Int, lists: inout Int, from: MACAddress, to: MACAddress
 ) throws {
     for _ in 0..<count {
         let list = try #require(try port.allocateList(packetCount: size))
@@ -314,13 +314,13 @@ func openPort(
     _ bed: VethTestbed, end: Character, umem: UMEM? = nil, configure: (inout PortConfiguration) -> Void = { _ in },
     onReceive: @escaping @Sendable (ReceiveIndication) -> Void = { try? $0.port.returnList($0.list) },
     onSendComplete: @escaping @Sendable (SendCompletions) -> Void = { batch in for list in batch { try? batch.port.returnList(list) } }
-) throws -> Port {
+) throws -> XDPPort {
     var configuration = PortConfiguration(
         interface: end == "a" ? bed.interfaceA : bed.interfaceB,
         networkNamespace: end == "a" ? bed.namespaceA : bed.namespaceB)
     configuration.etherTypeFilter = TestFrame.etherType
     configure(&configuration)
-    return try Port.open(configuration, umem: umem, onReceive: onReceive, onSendComplete: onSendComplete)
+    return try XDPPort.open(configuration, umem: umem, onReceive: onReceive, onSendComplete: onSendComplete)
 }
 
 /// Takes one end's link down (the kernel then takes nothing from that end's

@@ -52,7 +52,7 @@ public enum PortState: UInt8, Sendable {
 ///
 /// Progress: call `poll()` from your own loop, or set `ownThread` to let the
 /// port run a thread that does.
-public final class Port: @unchecked Sendable {
+public final class XDPPort: @unchecked Sendable {
     // @unchecked: each region documents its own discipline; see below.
 
     // MARK: Immutable after open
@@ -126,13 +126,13 @@ public final class Port: @unchecked Sendable {
         umem: UMEM? = nil,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
-    ) throws(AFXDPError) -> Port {
+    ) throws(AFXDPError) -> XDPPort {
         try configuration.validate()
         // Without one given, a UMEM of the port's own: its two pools' frames.
         let umem: UMEM =
             if let umem { umem } else { try UMEM(frameCount: configuration.umemFrameCount, frameSize: configuration.frameSize) }
         try checkFits(configuration, umem)
-        let port = try NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) -> Port in
+        let port = try NetworkNamespaceEntry.run(in: configuration.networkNamespace) { () throws(AFXDPError) -> XDPPort in
             let ifindex = Int32(bitPattern: if_nametoindex(configuration.interface))
             guard ifindex != 0 else {
                 throw .interfaceNotFound(interface: configuration.interface, namespace: configuration.networkNamespace)
@@ -161,9 +161,9 @@ public final class Port: @unchecked Sendable {
             if !program.attachedNatively && configuration.attachMode == .automatic {
                 notes.append("the driver of \(configuration.interface) has no native XDP; the program runs in generic mode")
             }
-            let port: Port
+            let port: XDPPort
             do throws(AFXDPError) {
-                port = try Port(
+                port = try XDPPort(
                     configuration: configuration, umem: umem, device: .socket(socket), program: program,
                     isZeroCopy: socket.zeroCopy, isAttachedNatively: program.attachedNatively, notes: notes,
                     linkProbe: linkProbe,
@@ -211,7 +211,7 @@ public final class Port: @unchecked Sendable {
         loopback: Bool = false,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
-    ) throws(AFXDPError) -> (port: Port, kernel: SimulatedKernel) {
+    ) throws(AFXDPError) -> (port: XDPPort, kernel: SimulatedKernel) {
         var configuration = configuration
         // Nothing to wake: the simulated kernel never asks for a system call.
         configuration.useNeedWakeup = true
@@ -223,7 +223,7 @@ public final class Port: @unchecked Sendable {
         try checkFits(configuration, umem)
         guard !umem.isClosed else { throw .umemClosed }
         let kernel = SimulatedKernel(configuration: configuration, umem: umem, loopback: loopback)
-        let port = try Port(
+        let port = try XDPPort(
             configuration: configuration, umem: umem, device: .simulated(kernel), program: nil, isZeroCopy: false,
             isAttachedNatively: false, notes: ["simulated: no interface; a SimulatedKernel plays the kernel"],
             linkProbe: nil,
@@ -560,6 +560,10 @@ public final class Port: @unchecked Sendable {
         }
     }
 
+    /// Stops (true) or resumes (false) indicating received lists; see
+    /// `PacketPort.holdReceive`. One atomic store; the next pass obeys it.
+    public func holdReceive(_ hold: Bool) { receiveContext.holdIndications(hold) }
+
     /// Resumes sending after `pause`. Runs no handler.
     public func restart() {
         shared.lock.withLock {
@@ -749,7 +753,7 @@ public final class Port: @unchecked Sendable {
     }
 }
 
-extension Port: PacketPort {
+extension XDPPort: PacketPort {
     /// A port is the bottom of every stack.
     public var stack: StackDescription {
         var name = "port \(configuration.interface) queue \(configuration.queue)"
@@ -760,11 +764,11 @@ extension Port: PacketPort {
 
     public var umems: [UMEM] { [umem] }
 
-    /// How a driver opens a port below it: `Port.below(configuration)` is
+    /// How a driver opens a port below it: `XDPPort.below(configuration)` is
     /// the `LowerOpener` that opens this port with the driver's handlers.
     public static func below(_ configuration: PortConfiguration, umem: UMEM? = nil) -> LowerOpener {
         { handlers throws(AFXDPError) in
-            try Port.open(configuration, umem: umem, onReceive: handlers.onReceive, onSendComplete: handlers.onSendComplete)
+            try XDPPort.open(configuration, umem: umem, onReceive: handlers.onReceive, onSendComplete: handlers.onSendComplete)
         }
     }
 }
