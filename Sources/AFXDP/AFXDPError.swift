@@ -91,6 +91,7 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// What went wrong and, where there is one, what to do about it.
     public var description: String {
         switch self {
         case .invalidConfiguration(let message):

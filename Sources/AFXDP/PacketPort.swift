@@ -35,10 +35,14 @@ public protocol PacketPort: AnyObject, Sendable {
     func holdReceive(_ hold: Bool)
     /// Sends complete with `.paused` until `restart`; receive goes on.
     func pause(timeout: Duration)
+    /// Resumes sending after `pause`, on this layer and every port below.
+    /// Runs no handler.
     func restart()
     /// Completes everything outstanding, closes every port below, and brings
     /// every frame the caller does not hold home.
     func close(timeout: Duration)
+    /// Where the layer is in its life (`PortState`): running, paused,
+    /// closing or closed.
     var currentState: PortState { get }
     /// Whether sends are queued, in flight, or completed and not yet delivered.
     var hasSendsOutstanding: Bool { get }
@@ -53,7 +57,11 @@ public protocol PacketPort: AnyObject, Sendable {
 }
 
 extension PacketPort {
+    /// Pauses sending, waiting up to 2 seconds for what is in flight
+    /// (`pause(timeout:)`).
     public func pause() { pause(timeout: .seconds(2)) }
+    /// Closes (`close(timeout:)`), giving the kernel up to 1 second to send
+    /// what it has; the rest completes with `.closing`.
     public func close() { close(timeout: .seconds(1)) }
 }
 
@@ -61,9 +69,12 @@ extension PacketPort {
 /// down when it opens the layer below it (so that the layer below calls the
 /// driver, and the driver calls its own caller).
 public struct PortHandlers: Sendable {
+    /// Called with each received list (see `ReceiveIndication`).
     public var onReceive: @Sendable (ReceiveIndication) -> Void
+    /// Called with each batch of completed sends (see `SendCompletions`).
     public var onSendComplete: @Sendable (SendCompletions) -> Void
 
+    /// The two handlers, to pass to a `LowerOpener`.
     public init(
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
         onSendComplete: @escaping @Sendable (SendCompletions) -> Void
@@ -81,12 +92,14 @@ public typealias LowerOpener = @Sendable (PortHandlers) throws(AFXDPError) -> an
 /// A stack, as a tree from the layer the caller holds down to the ports
 /// (NDIS's binding list): each layer says what it is and what it binds to.
 public struct StackDescription: Sendable, CustomStringConvertible {
+    /// Whether a layer is a port or an intermediate driver.
     public enum Kind: String, Sendable {
         /// A port over one AF_XDP socket (the miniport).
         case port
         /// An intermediate driver over the layers in `lower`.
         case intermediate
     }
+    /// Whether the layer is a port or an intermediate driver.
     public var kind: Kind
     /// The layer's name and what distinguishes it ("port veth0 queue 1",
     /// "multi-queue port over 2 queues", ...).
@@ -98,6 +111,8 @@ public struct StackDescription: Sendable, CustomStringConvertible {
     /// What the layer binds to, in binding order.
     public var lower: [StackDescription]
 
+    /// Describes one layer, with the descriptions of the layers it binds to
+    /// (their `stack`) as `lower`.
     public init(kind: Kind, name: String, layerStatistics: LayerStatistics? = nil, lower: [StackDescription] = []) {
         self.kind = kind
         self.name = name
@@ -135,18 +150,24 @@ public struct LayerStatistics: Sendable, Equatable {
     /// Received lists the layer consumed itself (dropped, or forwarded on).
     public var receivesConsumed = 0
     /// Lists sent through a fresh descriptor, frames copied (the lower port
-    /// is on another UMEM), and frames copied that way.
+    /// is on another UMEM).
     public var copiedLists = 0
+    /// Frames copied that way.
     public var copiedFrames = 0
     /// Frames the layer meant to pass on (forwarding) but dropped: the
     /// lower layer was closed, or its pool had no list for a copy.
     public var forwardDroppedFrames = 0
-    /// Upper completions made, and the time from each lower completion
-    /// reaching the layer to the upper completion it triggered.
+    /// Upper completions made.
     public var upperCompletions = 0
+    /// Median time from a lower completion reaching the layer to the upper
+    /// completion it triggered, in nanoseconds, over the layer's life; 0
+    /// before the first.
     public var completionDelayP50Nanoseconds = 0
+    /// 99th percentile of that time, in nanoseconds; 0 before the first.
     public var completionDelayP99Nanoseconds = 0
+    /// Longest that time has been, in nanoseconds; 0 before the first.
     public var completionDelayMaxNanoseconds = 0
 
+    /// Every count and time zero.
     public init() {}
 }

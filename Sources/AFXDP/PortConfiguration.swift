@@ -10,8 +10,10 @@ public struct PortConfiguration: Sendable {
     /// /var/run/netns, as `ip netns` makes). nil: the caller's namespace.
     public var networkNamespace: String?
 
-    /// Ring sizes in descriptors; each a power of two.
+    /// Fill ring: free frames the engine posts for the kernel to receive
+    /// into. 4096.
     ///
+    /// Ring sizes are in descriptors, each a power of two from 8 to 1048576.
     /// The receive side's two are 4096: while the port's thread is away,
     /// arriving frames wait in the RX ring on frames posted to the fill
     /// ring, and past either ring's size the kernel drops them. On veth in
@@ -19,8 +21,13 @@ public struct PortConfiguration: Sendable {
     /// 10 ms at a time; at 0.35 Mpps a ring of 2048 lasts 6 ms (socket
     /// drops in 9 duplex runs of 10), one of 4096 about 12 ms (1 of 18).
     public var fillRingSize: UInt32 = 4096
+    /// Completion ring: frames the kernel has sent, back to the engine. 2048.
     public var completionRingSize: UInt32 = 2048
+    /// RX ring: received frames, from the kernel to the engine. 4096 (why:
+    /// see `fillRingSize`).
     public var receiveRingSize: UInt32 = 4096
+    /// TX ring: frames handed to the kernel to send. 2048; sends beyond it
+    /// wait in the engine, never refused.
     public var transmitRingSize: UInt32 = 2048
     /// UMEM frame size: 2048 or 4096 bytes.
     public var frameSize: Int = 4096
@@ -37,6 +44,8 @@ public struct PortConfiguration: Sendable {
     /// port on a shared UMEM takes the UMEM's first port's setting.
     public var multiBuffer = false
 
+    /// Whether the socket binds in zero-copy mode (XDP_ZEROCOPY), where the
+    /// NIC reads and writes the UMEM itself, or copy mode (XDP_COPY).
     public enum ZeroCopy: Sendable {
         /// Copy mode always.
         case never
@@ -45,6 +54,8 @@ public struct PortConfiguration: Sendable {
         /// Zero-copy or fail.
         case required
     }
+    /// Zero-copy or copy mode; `.preferred` by default. `XDPPort.isZeroCopy`
+    /// says which the port got. Ports on one UMEM share its first port's mode.
     public var zeroCopy: ZeroCopy = .preferred
 
     /// Only kick the kernel when a ring's need_wakeup flag asks for it.
@@ -52,21 +63,34 @@ public struct PortConfiguration: Sendable {
 
     /// Busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET); nil: off.
     public struct BusyPoll: Sendable {
+        /// How long a busy poll may spin for packets (SO_BUSY_POLL), in
+        /// microseconds; 20 by default.
         public var timeoutMicroseconds: Int32 = 20
+        /// Most packets the driver processes in one busy poll
+        /// (SO_BUSY_POLL_BUDGET); 64 by default.
         public var budget: Int32 = 64
+        /// Busy polling with the given timeout (microseconds) and budget (packets).
         public init(timeoutMicroseconds: Int32 = 20, budget: Int32 = 64) {
             self.timeoutMicroseconds = timeoutMicroseconds
             self.budget = budget
         }
     }
+    /// Busy-poll settings for the socket; nil (the default): no busy polling.
     public var busyPoll: BusyPoll?
 
+    /// How the XDP program attaches to the interface.
     public enum AttachMode: Sendable {
         /// Native (driver) mode where the driver has it, else generic.
         case automatic
+        /// Native (driver) mode (XDP_FLAGS_DRV_MODE) or fail: the driver
+        /// runs the program before it makes a socket buffer.
         case native
+        /// Generic mode (XDP_FLAGS_SKB_MODE): any interface, but the kernel
+        /// runs the program after making a socket buffer, so slower.
         case generic
     }
+    /// How the XDP program attaches; `.automatic` by default.
+    /// `XDPPort.isAttachedNatively` says which mode it got.
     public var attachMode: AttachMode = .automatic
 
     /// Only frames of this EtherType reach the socket; the rest go to the
@@ -110,6 +134,8 @@ public struct PortConfiguration: Sendable {
     /// Silent by default.
     public var logger = Logger(label: "swift-afxdp", factory: { _ in SwiftLogNoOpLogHandler() })
 
+    /// A configuration for `queue` of `interface` (in `networkNamespace`,
+    /// if given), every other setting at its default.
     public init(interface: String, queue: UInt32 = 0, networkNamespace: String? = nil) {
         self.interface = interface
         self.queue = queue

@@ -45,6 +45,7 @@ public enum PortFailure: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The reason in words, e.g. "the interface was deleted".
     public var description: String {
         switch self {
         case .deviceLost: return "the interface was deleted"

@@ -13,13 +13,14 @@ import CoreMetrics
 /// thread; calls are serialised. Never called by the engine itself.
 public final class PortMetrics: @unchecked Sendable {
     // @unchecked: `last` is guarded by `lock`; the metric objects are Sendable.
-    /// The metric names, without the prefix given at `init` (default "afxdp_").
+    /// The counters' names, without the prefix given at `init` (default "afxdp_").
     public static let counterNames = [
         "sent_packets", "sent_bytes", "completed_lists", "send_ring_full", "kicks", "kick_errors", "sends_not_successful",
         "received_packets", "received_bytes", "receive_indications", "receive_low_resources",
         "socket_receive_dropped", "socket_receive_ring_full", "socket_fill_ring_empty",
         "link_down_events", "kernel_dropped_frames", "completion_stalls",
     ]
+    /// The gauges' names, without the prefix, as `counterNames`.
     public static let gaugeNames = ["queued_frames", "frames_held_by_caller", "frames_with_kernel"]
 
     private let port: XDPPort
@@ -28,7 +29,11 @@ public final class PortMetrics: @unchecked Sendable {
     private let lock = PThreadLock()
     private var last: [Int]
 
+    /// Makes the port's counters and gauges in `factory`; nothing is
+    /// recorded until the first `update()`.
+    ///
     /// - Parameters:
+    ///   - port: the port whose statistics `update()` publishes.
     ///   - prefix: put before every name, e.g. "afxdp_" gives "afxdp_sent_packets".
     ///   - factory: where the metrics go; the process's bootstrapped backend by default.
     public init(port: XDPPort, prefix: String = "afxdp_", factory: MetricsFactory = MetricsSystem.factory) {

@@ -16,9 +16,11 @@ public struct KernelSocketStatistics: Sendable, Equatable {
 
 /// A snapshot of a port's counters, per direction (the OID statistics).
 public struct Statistics: Sendable {
+    /// The send side's counters, and the frames it has queued.
     public struct Send: Sendable, Equatable {
-        /// Packets completed with success, and their bytes.
+        /// Packets completed with success.
         public var packets: Int
+        /// Bytes of the packets completed with success.
         public var bytes: Int
         /// Lists completed (with any status).
         public var completedLists: Int
@@ -26,8 +28,10 @@ public struct Statistics: Sendable {
         public var queuedFrames: Int
         /// Passes that found the TX or completion ring full with frames waiting.
         public var ringFullEvents: Int
-        /// `sendto` kicks, and those that failed for a reason other than "try later".
+        /// `sendto` kicks: calls asking the kernel to process the TX ring.
         public var kicks: Int
+        /// Kicks that failed for a reason other than "try later" (EAGAIN,
+        /// ENOBUFS) or a link that is down (EBUSY, ENETDOWN); counted, not thrown.
         public var kickErrors: Int
         /// Lists completed with a status other than success.
         public var dropped: Int
@@ -49,8 +53,11 @@ public struct Statistics: Sendable {
         /// with frames out.
         public var completionStalls: Int
     }
+    /// The receive side's counters, and where its frames are.
     public struct Receive: Sendable, Equatable {
+        /// Packets indicated to the receive handler.
         public var packets: Int
+        /// Bytes of the packets indicated.
         public var bytes: Int
         /// Lists indicated to the receive handler.
         public var indications: Int
@@ -63,13 +70,19 @@ public struct Statistics: Sendable {
         /// Frames the kernel dropped on receive (ring full or other), from XDP_STATISTICS.
         public var dropped: Int
     }
+    /// What the send side counted.
     public var send: Send
+    /// What the receive side counted.
     public var receive: Receive
+    /// What the kernel counted for the socket (`XDP_STATISTICS`).
     public var kernel: KernelSocketStatistics
-    /// The XDP program's own counters (per CPU, summed): frames it redirected
-    /// to a socket, and frames it passed to the kernel's stack. They count the
-    /// whole interface, not only this port's queue: ports on several queues
-    /// of one interface share the program.
+    /// Frames the XDP program redirected to a socket (per CPU, summed).
+    ///
+    /// The program's counters count the whole interface, not only this
+    /// port's queue: ports on several queues of one interface share the
+    /// program.
     public var programRedirected: Int
+    /// Frames the XDP program passed to the kernel's stack (per CPU, summed;
+    /// the whole interface, as `programRedirected`).
     public var programPassed: Int
 }

@@ -20,6 +20,7 @@ import AFXDPSystem
 public final class UMEM: @unchecked Sendable {
     // @unchecked: immutable but for `registration` and `isClosed`, which are
     // guarded by `registrationLock`.
+    /// How many frames the UMEM holds, shared out among its ports' pools.
     public let frameCount: Int
     /// 2048 or 4096 bytes.
     public let frameSize: Int
@@ -66,15 +67,18 @@ public final class UMEM: @unchecked Sendable {
 
     /// Where the frames of one pool of the UMEM are.
     public struct PoolStatus: Sendable, Equatable {
+        /// Which of its port's two pools a pool is.
         public enum Kind: Sendable, Equatable {
             /// A port's receive pool: feeds its fill ring.
             case receive
             /// A port's send pool: `allocateList`.
             case send
         }
+        /// Whether the pool receives or sends.
         public var kind: Kind
-        /// The pool's first frame and how many it has.
+        /// The pool's first frame, as an index into the UMEM's frames.
         public var firstFrame: Int
+        /// How many frames the pool has, from `firstFrame` on.
         public var frameCount: Int
         /// Frames the pool has: free, or (receive) with the kernel.
         public var framesHome: Int
@@ -84,6 +88,7 @@ public final class UMEM: @unchecked Sendable {
         /// Frames of the pool's lists queued or in flight on another port
         /// of the UMEM: lent for forwarding.
         public var framesLent: Int
+        /// Whether every frame of the pool is home (`framesHome == frameCount`).
         public var allFramesHome: Bool { framesHome == frameCount }
     }
 

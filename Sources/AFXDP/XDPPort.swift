@@ -9,6 +9,7 @@ import Glibc
 
 /// Where a port is in its life.
 public enum PortState: UInt8, Sendable {
+    /// Open: sends go out and received lists are indicated.
     case running = 0
     /// Sends complete with `.paused`; receive goes on.
     case paused = 1
@@ -56,6 +57,7 @@ public final class XDPPort: @unchecked Sendable {
     // @unchecked: each region documents its own discipline; see below.
 
     // MARK: Immutable after open
+    /// The configuration the port was opened with.
     public let configuration: PortConfiguration
     /// The memory the port's frames live in: its own, or one it shares with
     /// other ports (`open(_:umem:...)`).
@@ -112,6 +114,7 @@ public final class XDPPort: @unchecked Sendable {
     /// Opens a port on one interface queue.
     ///
     /// - Parameters:
+    ///   - configuration: the interface, queue, rings and options (see `PortConfiguration`).
     ///   - umem: the UMEM the port's frames come from, shared with other
     ///     ports so that lists pass between them without a copy; nil: the
     ///     port makes one of its own (`receiveFrameCount + sendFrameCount`
@@ -308,6 +311,7 @@ public final class XDPPort: @unchecked Sendable {
 
     // MARK: State
 
+    /// Where the port is in its life (`PortState`). One atomic read; any thread.
     public var currentState: PortState { shared.state }
 
     /// The status new and queued sends get in the current state.

@@ -162,11 +162,15 @@ public final class AsyncPort: Sendable {
     /// Received lists, as an `AsyncSequence`. Several tasks may iterate it:
     /// each list goes to one of them.
     public struct ReceivedLists: AsyncSequence, Sendable {
+        /// A received list, with the layer to return it to.
         public typealias Element = ReceiveIndication
         let state: AsyncPortState
 
+        /// An iterator over the received lists, for one consuming task.
         public func makeAsyncIterator() -> Iterator { Iterator(state: state) }
 
+        /// Takes received lists for one task; with several tasks iterating,
+        /// each list goes to one of them.
         public struct Iterator: AsyncIteratorProtocol {
             let state: AsyncPortState
             /// Where this iterator's task waits (made once per iterator, not per list).
@@ -175,6 +179,7 @@ public final class AsyncPort: Sendable {
             /// The next received list; nil once the port has closed or the
             /// waiting task is cancelled.
             public mutating func next() async -> ReceiveIndication? { await state.nextReceived(token) }
+            /// The next received list, as `next()`.
             public mutating func next(isolation actor: isolated (any Actor)?) async -> ReceiveIndication? {
                 await state.nextReceived(token)
             }
@@ -184,11 +189,15 @@ public final class AsyncPort: Sendable {
     /// Lists sent with `sendAndForget`, as they complete, oldest first. Each
     /// is the caller's again: send it again or return it.
     public struct CompletedSends: AsyncSequence, Sendable {
+        /// A list whose send completed, with its status.
         public typealias Element = CompletedSend
         let state: AsyncPortState
 
+        /// An iterator over the completed sends, for one consuming task.
         public func makeAsyncIterator() -> Iterator { Iterator(state: state) }
 
+        /// Takes completed sends for one task; with several tasks iterating,
+        /// each completion goes to one of them.
         public struct Iterator: AsyncIteratorProtocol {
             let state: AsyncPortState
             let token = WaiterToken()
@@ -196,6 +205,7 @@ public final class AsyncPort: Sendable {
             /// The next completed send; nil once the port has closed or the
             /// waiting task is cancelled.
             public mutating func next() async -> CompletedSend? { await state.nextCompleted(token) }
+            /// The next completed send, as `next()`.
             public mutating func next(isolation actor: isolated (any Actor)?) async -> CompletedSend? {
                 await state.nextCompleted(token)
             }
@@ -205,7 +215,9 @@ public final class AsyncPort: Sendable {
 
 /// A list whose send completed, and how.
 public struct CompletedSend: Sendable {
+    /// The list sent: the caller's again, to send again or return.
     public let list: PacketList
+    /// How the send ended (`.success`, `.paused`, `.closing`, `.linkDown`).
     public let status: SendStatus
     /// How many of its packets the kernel took, counted from the first.
     public let sentPacketCount: Int

@@ -16,9 +16,14 @@
 /// - Forwarding is driven by `poll()` (which polls both sides), like all of
 ///   a port's work.
 public final class Bridge: IntermediateDriver, @unchecked Sendable {
+    /// One of the bridge's two sides: the layer bound through `a` or `b` at `open`.
     public enum Side: Int, Sendable, CustomStringConvertible {
+        /// Side A, the layer bound first (`a:`), and side B, the one bound
+        /// second (`b:`); the caller's sends go to B unless it says otherwise.
         case a = 0, b = 1
+        /// The opposite side: where a packet received on this one is forwarded.
         public var other: Side { self == .a ? .b : .a }
+        /// "A" or "B".
         public var description: String { self == .a ? "A" : "B" }
     }
 

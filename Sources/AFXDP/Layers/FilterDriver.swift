@@ -23,7 +23,11 @@ public final class FilterDriver: IntermediateDriver, @unchecked Sendable {
         case drop
     }
 
+    /// Sees each list sent, inside `send`, before it goes down; throwing
+    /// refuses the send (`send` throws it, and the list stays the caller's).
     public typealias SendHook = @Sendable (PacketList) throws(AFXDPError) -> Void
+    /// Sees each list received from below, inside the lower layer's receive
+    /// handler, and says whether it goes up.
     public typealias ReceiveHook = @Sendable (PacketList) -> ReceiveVerdict
 
     private let sendHook: SendHook?
@@ -37,9 +41,12 @@ public final class FilterDriver: IntermediateDriver, @unchecked Sendable {
 
     /// Opens the layer below through `lower` with this filter as its caller.
     /// - Parameters:
+    ///   - name: what the layer calls itself in `stack`.
+    ///   - lower: opens what lies below (`XDPPort.below(...)` or another driver).
     ///   - onSend: sees each list sent, before it goes down (throw to refuse it).
     ///   - onReceiveFilter: sees each list received, and says whether it goes up.
-    ///   - onReceive, onSendComplete: the caller's handlers, as for a port.
+    ///   - onReceive: the caller's receive handler, as for a port.
+    ///   - onSendComplete: the caller's completion handler, as for a port.
     public static func open(
         name: String = "filter",
         over lower: @escaping LowerOpener,
@@ -88,6 +95,9 @@ public final class FilterDriver: IntermediateDriver, @unchecked Sendable {
 /// classify keeps the caller's. The caller's priority is back on the list
 /// when it completes.
 public final class PriorityClassifier: IntermediateDriver, @unchecked Sendable {
+    /// Opens the layer below through `lower` with this classifier as its
+    /// caller; `onReceive` and `onSendComplete` are the caller's handlers,
+    /// as for a port.
     public static func open(
         over lower: @escaping LowerOpener,
         onReceive: @escaping @Sendable (ReceiveIndication) -> Void,
@@ -99,6 +109,7 @@ public final class PriorityClassifier: IntermediateDriver, @unchecked Sendable {
         return driver
     }
 
+    /// How a driver above opens this classifier (stacking it further up).
     public static func below(over lower: @escaping LowerOpener) -> LowerOpener {
         { handlers throws(AFXDPError) in
             try PriorityClassifier.open(over: lower, onReceive: handlers.onReceive, onSendComplete: handlers.onSendComplete)

@@ -68,6 +68,7 @@ public enum SendStatus: UInt8, Sendable, CustomStringConvertible {
     /// The link was down past `linkDownTimeout`: the list was not (fully) sent.
     case linkDown
 
+    /// The status in words, e.g. "success" or "link down".
     public var description: String {
         switch self {
         case .pending: return "pending"

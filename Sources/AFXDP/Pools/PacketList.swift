@@ -40,12 +40,14 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
         lhs.table === rhs.table && lhs.slot == rhs.slot && lhs.generation == rhs.generation
     }
 
+    /// Hashes the handle (its table, slot and generation), as `==` compares it.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(ObjectIdentifier(table))
         hasher.combine(slot)
         hasher.combine(generation)
     }
 
+    /// The handle's slot and generation, and who holds the list now.
     public var description: String {
         switch table.ownership(of: self) {
         case .caller: return "PacketList(slot: \(slot), generation: \(generation), packets: \(table.lists[Int(slot)].count))"
@@ -135,6 +137,7 @@ public struct PacketList: Hashable, Sendable, CustomStringConvertible {
     /// inside the closure).
     public struct Packets {
         @usableFromInline let list: PacketList
+        /// How many packets the list had when `packets` was read.
         public let count: Int
 
         @inlinable init(list: PacketList, count: Int) {

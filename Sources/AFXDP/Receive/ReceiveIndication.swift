@@ -6,6 +6,7 @@ public struct ReceiveIndication: Sendable {
     /// The port that received the list, or the intermediate driver that
     /// passed it up: the one to return it to.
     public let port: any PacketPort
+    /// The received packets, in arrival order: the caller's until returned.
     public let list: PacketList
     /// The port was low on receive frames when it indicated this list (the
     /// caller holds most of them): return lists promptly or frames will be

@@ -35,16 +35,21 @@ public struct SendCompletions: Sequence {
     /// How many lists the delivery holds (0 once the handler call has returned).
     public var count: Int { isValid ? storedCount : 0 }
 
+    /// `count`: the delivery's lists are all known up front.
     public var underestimatedCount: Int { count }
 
+    /// An iterator over the delivery's lists, in completion order.
     public func makeIterator() -> Iterator { Iterator(view: self) }
 
+    /// Yields the delivery's lists in completion order; nothing once the
+    /// handler call has returned.
     public struct Iterator: IteratorProtocol {
         let view: SendCompletions
         var index = 0
 
         init(view: SendCompletions) { self.view = view }
 
+        /// The next completed list; nil at the end or once the view is stale.
         public mutating func next() -> PacketList? {
             guard index < view.storedCount, view.isValid else { return nil }
             let list = view.delivery.list(at: index)
