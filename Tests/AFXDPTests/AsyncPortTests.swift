@@ -200,6 +200,35 @@ struct AsyncPortTests {
         }
     }
 
+    @Test("the interface deleted under an async port: the waiting consumer's loop ends, the async port reads closed, close returns, every frame home")
+    func deviceLost() async throws {
+        try await VethTestbed.withVethTestbed { bed in
+            let b = try AsyncPort.open(Self.configuration(bed, end: "b"))
+            let consumer = Task { () -> Int in
+                var lists = 0
+                for await indication in b.received {
+                    lists += 1
+                    try? b.returnList(indication.list)
+                }
+                return lists
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            _ = try runCommand(["ip", "-n", bed.namespaceB, "link", "del", "dev", bed.interfaceB])
+            // The port notices within about 100 ms; the sequence then ends.
+            let deadline = Deadline(seconds: 10)
+            while !b.isClosed {
+                try #require(!deadline.passed, "the async port did not close after its interface went")
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(await consumer.value == 0)
+            #expect((b.port as? XDPPort)?.failure == .deviceLost)
+            let late = try? b.allocateList(packetCount: 1)
+            #expect(late == nil)
+            await b.close()  // returns at once
+            #expect(b.port.poolStatus.allFramesHome, "\(b.port.poolStatus)")
+        }
+    }
+
     @Test("bad input through the async face: refused with the port's error, nothing lost")
     func badInput() async throws {
         try await VethTestbed.withVethTestbed { bed in

@@ -39,7 +39,9 @@ import Glibc
 /// and `close()` returns every list still waiting; nothing leaks.
 ///
 /// **Closing.** Call `close()` (awaited) when done. An async port let go
-/// of without it closes itself from its thread, without waiting.
+/// of without it closes itself from its thread, without waiting. When the
+/// stack closes under it (its interface deleted: the port closes itself),
+/// the sequences end as they do at `close()`, and `isClosed` turns true.
 public final class AsyncPort: Sendable {
     /// The stack below: its synchronous methods (`allocateList`,
     /// `statistics`, `poolStatus`, ...) work as usual. Do not call its
@@ -324,11 +326,7 @@ final class AsyncPortState: Sendable {
                     port.close(timeout: timeout)
                     finish(port)
                     waiter?.resume()
-                    // Waiters that asked meanwhile.
-                    for (_, other) in inner.withLock({ inner in
-                        defer { inner.commands.removeAll() }
-                        return inner.commands
-                    }) { other?.resume() }
+                    resumeWaitingCommands()
                     return
                 }
             }
@@ -340,12 +338,30 @@ final class AsyncPortState: Sendable {
             if port.poll() {
                 idlePasses = 0
             } else {
+                // The stack closed under the async port (its device went away,
+                // or someone closed `port` directly): end the sequences too,
+                // so that no task waits for lists that cannot come.
+                if port.currentState == .closed {
+                    port.close()
+                    finish(port)
+                    resumeWaitingCommands()
+                    return
+                }
                 idlePasses += 1
                 // A few passes spinning, then short sleeps: an idle port costs
                 // little, and wakes within some 50 µs.
                 if idlePasses > 64 { usleep(idlePasses > 4096 ? 50 : 10) }
             }
         }
+    }
+
+    /// Once closed: tasks that asked for a pause or close meanwhile.
+    private func resumeWaitingCommands() {
+        let waiting = inner.withLock { inner in
+            defer { inner.commands.removeAll() }
+            return inner.commands
+        }
+        for (_, waiter) in waiting { waiter?.resume() }
     }
 
     /// After the stack closed: lists still waiting go back, awaited sends
