@@ -297,10 +297,13 @@ final class AsyncPortState: Sendable {
                 let status = (try? list.status) ?? .closing
                 if let waiter = inner.awaited.removeValue(forKey: list) {
                     waiter.resume(returning: .success(status))
-                } else if let waiter = inner.completionWaiters.popFirst() {
-                    waiter.resume(returning: CompletedSend(list: list, status: status, sentPacketCount: (try? list.sentPacketCount) ?? 0))
+                    continue
+                }
+                let completed = CompletedSend(list: list, status: status, sentPacketCount: (try? list.sentPacketCount) ?? 0)
+                if let waiter = inner.completionWaiters.popFirst() {
+                    waiter.resume(returning: completed)
                 } else {
-                    inner.completedSends.append(CompletedSend(list: list, status: status, sentPacketCount: (try? list.sentPacketCount) ?? 0))
+                    inner.completedSends.append(completed)
                 }
             }
         }
@@ -326,7 +329,6 @@ final class AsyncPortState: Sendable {
                     port.close(timeout: timeout)
                     finish(port)
                     waiter?.resume()
-                    resumeWaitingCommands()
                     return
                 }
             }
@@ -344,7 +346,6 @@ final class AsyncPortState: Sendable {
                 if port.currentState == .closed {
                     port.close()
                     finish(port)
-                    resumeWaitingCommands()
                     return
                 }
                 idlePasses += 1
@@ -355,20 +356,12 @@ final class AsyncPortState: Sendable {
         }
     }
 
-    /// Once closed: tasks that asked for a pause or close meanwhile.
-    private func resumeWaitingCommands() {
-        let waiting = inner.withLock { inner in
-            defer { inner.commands.removeAll() }
-            return inner.commands
-        }
-        for (_, waiter) in waiting { waiter?.resume() }
-    }
-
     /// After the stack closed: lists still waiting go back, awaited sends
     /// that never completed (none should) get `.closing`, waiting tasks get
-    /// nil, and the sequences end.
+    /// nil, the sequences end, and tasks that asked for a pause or close
+    /// meanwhile return.
     private func finish(_ port: any PacketPort) {
-        let (lists, receiveWaiters, completionWaiters, awaited) = inner.withLock { inner in
+        let (lists, receiveWaiters, completionWaiters, awaited, commands) = inner.withLock { inner in
             inner.closed = true
             var lists: [PacketList] = []
             while let indication = inner.receivedLists.popFirst() { lists.append(indication.list) }
@@ -378,13 +371,16 @@ final class AsyncPortState: Sendable {
             while let waiter = inner.completionWaiters.popFirst() { completionWaiters.append(waiter) }
             let awaited = Array(inner.awaited.values)
             inner.awaited.removeAll()
+            let commands = inner.commands
+            inner.commands.removeAll()
             inner.port = nil
-            return (lists, receiveWaiters, completionWaiters, awaited)
+            return (lists, receiveWaiters, completionWaiters, awaited, commands)
         }
         for list in lists { try? port.returnList(list) }
         for waiter in receiveWaiters { waiter.resume(returning: nil) }
         for waiter in completionWaiters { waiter.resume(returning: nil) }
         for waiter in awaited { waiter.resume(returning: .success(.closing)) }
+        for (_, waiter) in commands { waiter?.resume() }
     }
 
     // MARK: From tasks
@@ -417,43 +413,7 @@ final class AsyncPortState: Sendable {
     /// The stack, while open, for a task to poll.
     private var openPort: (any PacketPort)? { inner.withLock { $0.closed ? nil : $0.port } }
 
-    /// A waiting list, if any (resuming receive below when the buffer is half drained).
-    private func takeReceivedNow() -> ReceiveIndication? {
-        let (ready, resume): (ReceiveIndication?, (any PacketPort)?) = inner.withLock { inner in takeReceived(&inner) }
-        resume?.holdReceive(false)
-        return ready
-    }
-
-    func nextReceived(_ token: WaiterToken) async -> ReceiveIndication? {
-        // Fast path: a list is waiting (no cancellation handler needed).
-        if let ready = takeReceivedNow() { return ready }
-        // Drive the stack from this task before suspending.
-        if !Task.isCancelled, let port = openPort {
-            for _ in 0..<Self.pollsBeforeSuspending {
-                lastTaskPoll.store(monotonicNanoseconds(), ordering: .relaxed)
-                port.poll()
-                if let ready = takeReceivedNow() { return ready }
-            }
-        }
-        return await withTaskCancellationHandler {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<ReceiveIndication?, Never>) in
-                let (ready, resume): (ReceiveIndication??, (any PacketPort)?) = inner.withLock { inner in
-                    let (indication, resume) = takeReceived(&inner)
-                    if let indication { return (.some(indication), resume) }
-                    if inner.closed || Task.isCancelled { return (.some(nil), nil) }
-                    token.index = inner.receiveWaiters.append(continuation)
-                    return (nil, nil)
-                }
-                resume?.holdReceive(false)
-                if let ready { continuation.resume(returning: ready) }
-            }
-        } onCancel: {
-            let waiter = inner.withLock { inner in inner.receiveWaiters.remove(at: token.index) }
-            waiter?.resume(returning: nil)
-        }
-    }
-
-    /// The oldest waiting list, and the stack to resume receive on when the
+    /// A waiting list, if any, and the stack to resume receive on when the
     /// consumer has taken the buffer down to half.
     private func takeReceived(_ inner: inout Inner) -> (ReceiveIndication?, (any PacketPort)?) {
         guard let indication = inner.receivedLists.popFirst() else { return (nil, nil) }
@@ -464,27 +424,53 @@ final class AsyncPortState: Sendable {
         return (indication, nil)
     }
 
+    func nextReceived(_ token: WaiterToken) async -> ReceiveIndication? {
+        await next(token, waiters: \.receiveWaiters) { inner in self.takeReceived(&inner) }
+    }
+
     func nextCompleted(_ token: WaiterToken) async -> CompletedSend? {
-        if let ready = inner.withLock({ $0.completedSends.popFirst() }) { return ready }
+        await next(token, waiters: \.completionWaiters) { inner in (inner.completedSends.popFirst(), nil) }
+    }
+
+    /// The next element of one of the sequences: one ready now; else one a
+    /// few polls of the stack from this task bring (a suspension and a
+    /// wake-up cost more while traffic flows); else the task waits in
+    /// `waiters` until a handler hands it one, the port closes, or the task
+    /// is cancelled (nil). `take` pops a ready element, and may name the
+    /// stack to resume receive on.
+    private func next<Element: Sendable>(
+        _ token: WaiterToken,
+        waiters: WritableKeyPath<Inner, FIFO<UnsafeContinuation<Element?, Never>>> & Sendable,
+        take: (inout Inner) -> (Element?, (any PacketPort)?)
+    ) async -> Element? {
+        func takeNow() -> Element? {
+            let (ready, resume) = inner.withLock { inner in take(&inner) }
+            resume?.holdReceive(false)
+            return ready
+        }
+        // Fast path: no cancellation handler needed.
+        if let ready = takeNow() { return ready }
         if !Task.isCancelled, let port = openPort {
             for _ in 0..<Self.pollsBeforeSuspending {
                 lastTaskPoll.store(monotonicNanoseconds(), ordering: .relaxed)
                 port.poll()
-                if let ready = inner.withLock({ $0.completedSends.popFirst() }) { return ready }
+                if let ready = takeNow() { return ready }
             }
         }
         return await withTaskCancellationHandler {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<CompletedSend?, Never>) in
-                let ready: CompletedSend?? = inner.withLock { inner in
-                    if let completed = inner.completedSends.popFirst() { return .some(completed) }
-                    if inner.closed || Task.isCancelled { return .some(nil) }
-                    token.index = inner.completionWaiters.append(continuation)
-                    return nil
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Element?, Never>) in
+                let (ready, resume): (Element??, (any PacketPort)?) = inner.withLock { inner in
+                    let (element, resume) = take(&inner)
+                    if let element { return (.some(element), resume) }
+                    if inner.closed || Task.isCancelled { return (.some(nil), nil) }
+                    token.index = inner[keyPath: waiters].append(continuation)
+                    return (nil, nil)
                 }
+                resume?.holdReceive(false)
                 if let ready { continuation.resume(returning: ready) }
             }
         } onCancel: {
-            let waiter = inner.withLock { inner in inner.completionWaiters.remove(at: token.index) }
+            let waiter = inner.withLock { inner in inner[keyPath: waiters].remove(at: token.index) }
             waiter?.resume(returning: nil)
         }
     }
@@ -506,7 +492,6 @@ struct FIFO<Element> {
     private var firstNumber: UInt64 = 0
 
     var count: Int { items.count - head }
-    var isEmpty: Bool { count == 0 }
 
     mutating func reserve(_ capacity: Int) { items.reserveCapacity(capacity) }
 
