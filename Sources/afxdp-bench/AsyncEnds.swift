@@ -72,13 +72,9 @@ final class AsyncEnds: Sendable {
 
     /// A completed list is the sender's again (`Generator.completed`, one list).
     private static func takeBack(_ state: UnsafeMutablePointer<SenderState>, _ completed: CompletedSend) {
-        let count = ((try? completed.list.count) ?? 0) / state.pointee.entriesPerPacket
+        let count = Generator.reclaim(state, completed.list)
         if completed.status == .success { state.pointee.sentPackets += count } else { state.pointee.failedPackets += count }
-        state.pointee.lists[state.pointee.freeLists] = completed.list
-        state.pointee.freeLists += 1
-        let total = state.pointee.sentPackets
-        state.pointee.counters.sentPackets.store(total, ordering: .relaxed)
-        state.pointee.counters.sentBytes.store(total &* state.pointee.frameLength, ordering: .relaxed)
+        Generator.publishSent(state)
     }
 
     /// Closes an async port from synchronous code (the session's main

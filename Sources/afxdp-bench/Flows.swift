@@ -312,6 +312,23 @@ enum Generator {
         guard sent + failed > 0 else { return }
         state.pointee.sentPackets += sent
         state.pointee.failedPackets += failed
+        publishSent(state)
+    }
+
+    /// A completed list is the flow's again: onto its stack. Returns its
+    /// packets (frames, not the entries a jumbo frame spans).
+    @inline(__always)
+    static func reclaim(_ state: UnsafeMutablePointer<SenderState>, _ list: PacketList) -> Int {
+        // The list is ours (just completed): this cannot throw.
+        let count = ((try? list.count) ?? 0) / state.pointee.entriesPerPacket
+        state.pointee.lists[state.pointee.freeLists] = list
+        state.pointee.freeLists += 1
+        return count
+    }
+
+    /// The packets sent so far, where the main thread samples them.
+    @inline(__always)
+    static func publishSent(_ state: UnsafeMutablePointer<SenderState>) {
         let total = state.pointee.sentPackets
         state.pointee.counters.sentPackets.store(total, ordering: .relaxed)
         state.pointee.counters.sentBytes.store(total &* state.pointee.frameLength, ordering: .relaxed)
@@ -331,16 +348,11 @@ enum Generator {
                 }
                 continue
             }
-            let count = ((try? list.count) ?? 0) / state.pointee.entriesPerPacket
-            if (try? list.status) == .success { state.pointee.sentPackets += count } else { state.pointee.failedPackets += count }
-            state.pointee.lists[state.pointee.freeLists] = list
-            state.pointee.freeLists += 1
+            let succeeded = (try? list.status) == .success
+            let count = reclaim(state, list)
+            if succeeded { state.pointee.sentPackets += count } else { state.pointee.failedPackets += count }
         }
-        for index in 0..<flows where states[index].pointee.inbox == nil {
-            let total = states[index].pointee.sentPackets
-            states[index].pointee.counters.sentPackets.store(total, ordering: .relaxed)
-            states[index].pointee.counters.sentBytes.store(total &* states[index].pointee.frameLength, ordering: .relaxed)
-        }
+        for index in 0..<flows where states[index].pointee.inbox == nil { publishSent(states[index]) }
     }
 
     /// The completion handler: the lists are ours again.
@@ -349,17 +361,13 @@ enum Generator {
         var sent = 0
         var failed = 0
         for list in batch {
-            // The list is ours (just completed): these cannot throw.
-            let count = ((try? list.count) ?? 0) / state.pointee.entriesPerPacket
-            if (try? list.status) == .success { sent += count } else { failed += count }
-            state.pointee.lists[state.pointee.freeLists] = list
-            state.pointee.freeLists += 1
+            let succeeded = (try? list.status) == .success
+            let count = reclaim(state, list)
+            if succeeded { sent += count } else { failed += count }
         }
         state.pointee.sentPackets += sent
         state.pointee.failedPackets += failed
-        let total = state.pointee.sentPackets
-        state.pointee.counters.sentPackets.store(total, ordering: .relaxed)
-        state.pointee.counters.sentBytes.store(total &* state.pointee.frameLength, ordering: .relaxed)
+        publishSent(state)
     }
 }
 

@@ -271,19 +271,10 @@ final class LayerFixture<Top: PacketPort>: @unchecked Sendable {
 
     /// A list of 64 frames from the top's pool, written by `write` (0xA5
     /// bytes unless given), each `frameLength` long.
-    func filledList(_ write: (UnsafeMutableRawBufferPointer) -> Void = { $0.initializeMemory(as: UInt8.self, repeating: 0xA5) })
+    func filledList(_ write: (UnsafeMutableRawBufferPointer) -> Void = fillWithA5)
         -> PacketList
     {
-        let list = try! top.allocateList(packetCount: packetsPerList)!
-        fill(list, write)
-        return list
-    }
-
-    func fill(_ list: PacketList, _ write: (UnsafeMutableRawBufferPointer) -> Void) {
-        try! list.packets.forEach { packet throws(AFXDPError) in
-            write(UnsafeMutableRawBufferPointer(rebasing: try packet.buffer[..<frameLength]))
-            try packet.setLength(frameLength)
-        }
+        makeFilledList(from: top, write)
     }
 
     deinit { top.close() }

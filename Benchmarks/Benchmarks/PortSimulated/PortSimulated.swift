@@ -217,14 +217,7 @@ final class SimulatedFixture: @unchecked Sendable {
         kernel = opened.kernel
     }
 
-    func filledList() -> PacketList {
-        let list = try! port.allocateList(packetCount: packetsPerList)!
-        try! list.packets.forEach { packet throws(AFXDPError) in
-            try packet.buffer.initializeMemory(as: UInt8.self, repeating: 0xA5)
-            try packet.setLength(frameLength)
-        }
-        return list
-    }
+    func filledList() -> PacketList { makeFilledList(from: port) }
 
     deinit { port.close() }
 }
@@ -248,18 +241,34 @@ final class AsyncFixture: @unchecked Sendable {
         kernel = box.kernel
     }
 
-    func filledList() -> PacketList {
-        let list = try! asyncPort.allocateList(packetCount: packetsPerList)!
-        try! list.packets.forEach { packet throws(AFXDPError) in
-            try packet.buffer.initializeMemory(as: UInt8.self, repeating: 0xA5)
-            try packet.setLength(frameLength)
-        }
-        return list
-    }
+    func filledList() -> PacketList { makeFilledList(from: asyncPort.port) }
 }
 
 /// Carries the simulated kernel out of the opener closure.
 final class KernelBox: @unchecked Sendable {
     // @unchecked: written once inside `AsyncPort.open`, read right after it.
     var kernel: SimulatedKernel?
+}
+
+/// A list of `packetsPerList` frames from `port`'s send pool (a port's, or
+/// the top of a stack's), each `frameLength` long, written by `write`
+/// (0xA5 bytes unless given).
+func makeFilledList(
+    from port: any PacketPort,
+    _ write: (UnsafeMutableRawBufferPointer) -> Void = fillWithA5
+) -> PacketList {
+    let list = try! port.allocateList(packetCount: packetsPerList)!
+    fill(list, write)
+    return list
+}
+
+/// The frames' bytes unless a benchmark needs real headers.
+func fillWithA5(_ frame: UnsafeMutableRawBufferPointer) { frame.initializeMemory(as: UInt8.self, repeating: 0xA5) }
+
+/// Writes each packet of `list` with `write` and sets its length to `frameLength`.
+func fill(_ list: PacketList, _ write: (UnsafeMutableRawBufferPointer) -> Void) {
+    try! list.packets.forEach { packet throws(AFXDPError) in
+        write(UnsafeMutableRawBufferPointer(rebasing: try packet.buffer[..<frameLength]))
+        try packet.setLength(frameLength)
+    }
 }
