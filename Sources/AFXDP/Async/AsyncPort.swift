@@ -413,7 +413,43 @@ final class AsyncPortState: Sendable {
     /// The stack, while open, for a task to poll.
     private var openPort: (any PacketPort)? { inner.withLock { $0.closed ? nil : $0.port } }
 
-    /// A waiting list, if any, and the stack to resume receive on when the
+    /// A waiting list, if any (resuming receive below when the buffer is half drained).
+    private func takeReceivedNow() -> ReceiveIndication? {
+        let (ready, resume): (ReceiveIndication?, (any PacketPort)?) = inner.withLock { inner in takeReceived(&inner) }
+        resume?.holdReceive(false)
+        return ready
+    }
+
+    func nextReceived(_ token: WaiterToken) async -> ReceiveIndication? {
+        // Fast path: a list is waiting (no cancellation handler needed).
+        if let ready = takeReceivedNow() { return ready }
+        // Drive the stack from this task before suspending.
+        if !Task.isCancelled, let port = openPort {
+            for _ in 0..<Self.pollsBeforeSuspending {
+                lastTaskPoll.store(monotonicNanoseconds(), ordering: .relaxed)
+                port.poll()
+                if let ready = takeReceivedNow() { return ready }
+            }
+        }
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<ReceiveIndication?, Never>) in
+                let (ready, resume): (ReceiveIndication??, (any PacketPort)?) = inner.withLock { inner in
+                    let (indication, resume) = takeReceived(&inner)
+                    if let indication { return (.some(indication), resume) }
+                    if inner.closed || Task.isCancelled { return (.some(nil), nil) }
+                    token.index = inner.receiveWaiters.append(continuation)
+                    return (nil, nil)
+                }
+                resume?.holdReceive(false)
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            let waiter = inner.withLock { inner in inner.receiveWaiters.remove(at: token.index) }
+            waiter?.resume(returning: nil)
+        }
+    }
+
+    /// The oldest waiting list, and the stack to resume receive on when the
     /// consumer has taken the buffer down to half.
     private func takeReceived(_ inner: inout Inner) -> (ReceiveIndication?, (any PacketPort)?) {
         guard let indication = inner.receivedLists.popFirst() else { return (nil, nil) }
@@ -424,53 +460,27 @@ final class AsyncPortState: Sendable {
         return (indication, nil)
     }
 
-    func nextReceived(_ token: WaiterToken) async -> ReceiveIndication? {
-        await next(token, waiters: \.receiveWaiters) { inner in self.takeReceived(&inner) }
-    }
-
     func nextCompleted(_ token: WaiterToken) async -> CompletedSend? {
-        await next(token, waiters: \.completionWaiters) { inner in (inner.completedSends.popFirst(), nil) }
-    }
-
-    /// The next element of one of the sequences: one ready now; else one a
-    /// few polls of the stack from this task bring (a suspension and a
-    /// wake-up cost more while traffic flows); else the task waits in
-    /// `waiters` until a handler hands it one, the port closes, or the task
-    /// is cancelled (nil). `take` pops a ready element, and may name the
-    /// stack to resume receive on.
-    private func next<Element: Sendable>(
-        _ token: WaiterToken,
-        waiters: WritableKeyPath<Inner, FIFO<UnsafeContinuation<Element?, Never>>> & Sendable,
-        take: (inout Inner) -> (Element?, (any PacketPort)?)
-    ) async -> Element? {
-        func takeNow() -> Element? {
-            let (ready, resume) = inner.withLock { inner in take(&inner) }
-            resume?.holdReceive(false)
-            return ready
-        }
-        // Fast path: no cancellation handler needed.
-        if let ready = takeNow() { return ready }
+        if let ready = inner.withLock({ $0.completedSends.popFirst() }) { return ready }
         if !Task.isCancelled, let port = openPort {
             for _ in 0..<Self.pollsBeforeSuspending {
                 lastTaskPoll.store(monotonicNanoseconds(), ordering: .relaxed)
                 port.poll()
-                if let ready = takeNow() { return ready }
+                if let ready = inner.withLock({ $0.completedSends.popFirst() }) { return ready }
             }
         }
         return await withTaskCancellationHandler {
-            await withUnsafeContinuation { (continuation: UnsafeContinuation<Element?, Never>) in
-                let (ready, resume): (Element??, (any PacketPort)?) = inner.withLock { inner in
-                    let (element, resume) = take(&inner)
-                    if let element { return (.some(element), resume) }
-                    if inner.closed || Task.isCancelled { return (.some(nil), nil) }
-                    token.index = inner[keyPath: waiters].append(continuation)
-                    return (nil, nil)
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<CompletedSend?, Never>) in
+                let ready: CompletedSend?? = inner.withLock { inner in
+                    if let completed = inner.completedSends.popFirst() { return .some(completed) }
+                    if inner.closed || Task.isCancelled { return .some(nil) }
+                    token.index = inner.completionWaiters.append(continuation)
+                    return nil
                 }
-                resume?.holdReceive(false)
                 if let ready { continuation.resume(returning: ready) }
             }
         } onCancel: {
-            let waiter = inner.withLock { inner in inner[keyPath: waiters].remove(at: token.index) }
+            let waiter = inner.withLock { inner in inner.completionWaiters.remove(at: token.index) }
             waiter?.resume(returning: nil)
         }
     }
