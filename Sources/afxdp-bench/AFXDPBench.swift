@@ -126,6 +126,9 @@ struct BenchOptions: ParsableArguments {
     @Option(name: .customLong("umem-frame-size"), help: "UMEM frame size: 2048 or 4096.")
     var umemFrameSize: Int = 4096
 
+    @Option(name: .customLong("fill-depth"), help: "Receive frames given to the kernel: adaptive (few while the thread keeps up, more after it was away) or full (the whole fill ring).")
+    var fillDepth: FillDepthChoice = .full
+
     @Option(help: "Queues per end (1 or 2); with 2, a multi-queue port over one port per queue (one UMEM), and one flow with its own sequence numbers per queue and direction.")
     var queues: Int = 1
 
@@ -273,4 +276,9 @@ struct BenchOptions: ParsableArguments {
 
     var zeroCopyMode: PortConfiguration.ZeroCopy { copy ? .never : zeroCopy ? .required : .preferred }
     var watchdogSeconds: Double { timeout ?? seconds + 30 }
+}
+
+enum FillDepthChoice: String, ExpressibleByArgument, CaseIterable, Codable {
+    case adaptive, full
+    var depth: PortConfiguration.FillRingDepth { self == .adaptive ? .adaptive : .full }
 }

@@ -341,6 +341,7 @@ final class Session {
         configuration.receiveRingSize = options.ringSize
         configuration.transmitRingSize = options.ringSize
         configuration.frameSize = options.umemFrameSize
+        configuration.fillRingDepth = options.fillDepth.depth
         configuration.receiveBatchSize = UInt32(options.batch)
         configuration.zeroCopy = options.zeroCopyMode
         configuration.useNeedWakeup = !options.noNeedWakeup
@@ -766,6 +767,7 @@ final class Session {
                     sendsDropped: statistics.send.dropped, queuedFrames: statistics.send.queuedFrames,
                     receivedPackets: statistics.receive.packets, indications: statistics.receive.indications,
                     lowResourceEvents: statistics.receive.lowResourceEvents,
+                    fillDepth: statistics.receive.fillDepth, fillDepthGrowths: statistics.receive.fillDepthGrowths,
                     socketReceiveDropped: statistics.kernel.receiveDropped,
                     socketReceiveRingFull: statistics.kernel.receiveRingFull,
                     fillRingEmpty: statistics.kernel.fillRingEmpty,
@@ -779,7 +781,7 @@ final class Session {
         return RunReport(
             mode: mode.rawValue, seconds: (seconds * 1000).rounded() / 1000, requestedSeconds: options.seconds,
             frameSize: options.frameSize, batch: options.batch, ringSize: Int(options.ringSize),
-            umemFrameSize: options.umemFrameSize, queues: options.queues,
+            umemFrameSize: options.umemFrameSize, fillDepth: options.fillDepth.rawValue, queues: options.queues,
             zeroCopy: ports.joined().allSatisfy(\.isZeroCopy), needWakeup: !options.noNeedWakeup,
             busyPoll: options.busyPoll, window: options.window, rate: options.rate, gbpsIncludesPreambleAndGap: options.wireOverhead,
             stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),
