@@ -49,13 +49,13 @@ public struct PortConfiguration: Sendable {
         case full
     }
     /// `.full` by default: no frame lost while the thread is held off its
-    /// CPU for as long as the fill ring lasts. `.adaptive` trades that for
-    /// speed: on veth in copy mode a full fill ring cost the l2fwd
-    /// forwarder's core about a tenth of its time in cache and TLB misses
-    /// (the kernel's copy into cold frames, and `xp_alloc`), and duplex ran
-    /// about 10% faster adaptive, but lost 0.1-0.2% of its frames to an
-    /// empty fill ring when a softirq held a thread off longer than the
-    /// shallow ring lasted, before the depth grew.
+    /// CPU for as long as the fill ring lasts. `.adaptive` keeps fewer
+    /// frames with the kernel, and the kernel's copies land in frames still
+    /// in the cache (on veth in copy mode the l2fwd forwarder's core spent
+    /// half as much in the kernel's `memcpy` and `xp_alloc`), but measured
+    /// level in throughput (l2fwd 1.06, duplex 0.98 of `.full`, within
+    /// these machines' noise) and lost 0.1-0.2% of duplex's frames when a
+    /// softirq held a thread off longer than the shallow ring lasted.
     public var fillRingDepth: FillRingDepth = .full
     /// Multi-buffer AF_XDP (XDP_USE_SG, Linux 6.6): a packet longer than a
     /// frame (a jumbo frame) arrives, and is sent, as a run of entries of

@@ -341,7 +341,8 @@ final class Session {
         configuration.receiveRingSize = options.ringSize
         configuration.transmitRingSize = options.ringSize
         configuration.frameSize = options.umemFrameSize
-        configuration.fillRingDepth = options.fillDepth.depth
+        let isB = endpoints.count > 1 && interface == endpoints[1].interface
+        configuration.fillRingDepth = (isB ? options.fillDepthB ?? options.fillDepth : options.fillDepth).depth
         configuration.receiveBatchSize = UInt32(options.batch)
         configuration.zeroCopy = options.zeroCopyMode
         configuration.useNeedWakeup = !options.noNeedWakeup
@@ -781,7 +782,7 @@ final class Session {
         return RunReport(
             mode: mode.rawValue, seconds: (seconds * 1000).rounded() / 1000, requestedSeconds: options.seconds,
             frameSize: options.frameSize, batch: options.batch, ringSize: Int(options.ringSize),
-            umemFrameSize: options.umemFrameSize, fillDepth: options.fillDepth.rawValue, queues: options.queues,
+            umemFrameSize: options.umemFrameSize, fillDepth: options.fillDepth.rawValue + (options.fillDepthB.map { ",b:\($0.rawValue)" } ?? ""), queues: options.queues,
             zeroCopy: ports.joined().allSatisfy(\.isZeroCopy), needWakeup: !options.noNeedWakeup,
             busyPoll: options.busyPoll, window: options.window, rate: options.rate, gbpsIncludesPreambleAndGap: options.wireOverhead,
             stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),

@@ -166,7 +166,7 @@ enum Report {
         }
         print("""
             \(session.mode.rawValue): \(fmt(options.seconds, 1)) s, \(options.frameSize)-byte frames, \
-            \(options.batch) per list, rings \(options.ringSize), fill depth \(options.fillDepth.rawValue), UMEM frames \(options.umemFrameSize), \
+            \(options.batch) per list, rings \(options.ringSize), fill depth \(options.fillDepth.rawValue)\(options.fillDepthB.map { " (B \($0.rawValue))" } ?? ""), UMEM frames \(options.umemFrameSize), \
             \(options.queues) queue(s), need_wakeup \(options.noNeedWakeup ? "off" : "on"), \
             busy poll \(options.busyPoll ? "on" : "off"), window \(options.window == 0 ? "unlimited" : String(options.window)), \
             rate \(options.rate == 0 ? "unpaced" : "\(fmt(options.rate / 1e6, 3)) Mpps per direction"), \
