@@ -37,26 +37,6 @@ public struct PortConfiguration: Sendable {
     public var sendFrameCount: Int?
     /// Most packets indicated in one received list.
     public var receiveBatchSize: UInt32 = 64
-    /// How many receive frames the kernel is given at once.
-    public enum FillRingDepth: Sendable {
-        /// Few while the port's thread keeps up, so that the frames the
-        /// kernel writes into come round while still in the cache: from
-        /// 512 (or 8 receive batches), growing fourfold whenever the
-        /// kernel ran dry while the thread was away, shrinking slowly back.
-        case adaptive
-        /// The whole fill ring, always: the most room for a thread's
-        /// absence, every receive frame cycled through the kernel.
-        case full
-    }
-    /// `.full` by default: no frame lost while the thread is held off its
-    /// CPU for as long as the fill ring lasts. `.adaptive` keeps fewer
-    /// frames with the kernel, and the kernel's copies land in frames still
-    /// in the cache (on veth in copy mode the l2fwd forwarder's core spent
-    /// half as much in the kernel's `memcpy` and `xp_alloc`), but measured
-    /// level in throughput (l2fwd 1.06, duplex 0.98 of `.full`, within
-    /// these machines' noise) and lost 0.1-0.2% of duplex's frames when a
-    /// softirq held a thread off longer than the shallow ring lasted.
-    public var fillRingDepth: FillRingDepth = .full
     /// Multi-buffer AF_XDP (XDP_USE_SG, Linux 6.6): a packet longer than a
     /// frame (a jumbo frame) arrives, and is sent, as a run of entries of
     /// one list, each a frame, every one but the last marked

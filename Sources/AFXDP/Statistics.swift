@@ -69,12 +69,6 @@ public struct Statistics: Sendable {
         public var framesHeldByCaller: Int
         /// Frames the kernel dropped on receive (ring full or other), from XDP_STATISTICS.
         public var dropped: Int
-        /// Receive frames the kernel may hold at once now (see
-        /// `PortConfiguration.fillRingDepth`); a layer over ports adds theirs.
-        public var fillDepth: Int = 0
-        /// Times the adaptive fill depth grew because the kernel ran dry
-        /// while the port's thread was away.
-        public var fillDepthGrowths: Int = 0
     }
     /// What the send side counted.
     public var send: Send

@@ -291,8 +291,7 @@ public final class XDPPort: @unchecked Sendable {
         sendContext = sendRegion.context
         receiveContext = ReceiveContext(
             table: table, range: receiveRange, id: receiveID, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
-            batchSize: configuration.receiveBatchSize, multiBuffer: configuration.multiBuffer,
-            adaptiveFillDepth: configuration.fillRingDepth == .adaptive, onReceive: onReceive)
+            batchSize: configuration.receiveBatchSize, multiBuffer: configuration.multiBuffer, onReceive: onReceive)
         receiveDoorbell = receiveContext.door
         receiveContext.port = self
         sendContext.port = self

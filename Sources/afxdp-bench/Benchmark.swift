@@ -341,8 +341,6 @@ final class Session {
         configuration.receiveRingSize = options.ringSize
         configuration.transmitRingSize = options.ringSize
         configuration.frameSize = options.umemFrameSize
-        let isB = endpoints.count > 1 && interface == endpoints[1].interface
-        configuration.fillRingDepth = (isB ? options.fillDepthB ?? options.fillDepth : options.fillDepth).depth
         configuration.receiveBatchSize = UInt32(options.batch)
         configuration.zeroCopy = options.zeroCopyMode
         configuration.useNeedWakeup = !options.noNeedWakeup
@@ -768,7 +766,6 @@ final class Session {
                     sendsDropped: statistics.send.dropped, queuedFrames: statistics.send.queuedFrames,
                     receivedPackets: statistics.receive.packets, indications: statistics.receive.indications,
                     lowResourceEvents: statistics.receive.lowResourceEvents,
-                    fillDepth: statistics.receive.fillDepth, fillDepthGrowths: statistics.receive.fillDepthGrowths,
                     socketReceiveDropped: statistics.kernel.receiveDropped,
                     socketReceiveRingFull: statistics.kernel.receiveRingFull,
                     fillRingEmpty: statistics.kernel.fillRingEmpty,
@@ -782,7 +779,7 @@ final class Session {
         return RunReport(
             mode: mode.rawValue, seconds: (seconds * 1000).rounded() / 1000, requestedSeconds: options.seconds,
             frameSize: options.frameSize, batch: options.batch, ringSize: Int(options.ringSize),
-            umemFrameSize: options.umemFrameSize, fillDepth: options.fillDepth.rawValue + (options.fillDepthB.map { ",b:\($0.rawValue)" } ?? ""), queues: options.queues,
+            umemFrameSize: options.umemFrameSize, queues: options.queues,
             zeroCopy: ports.joined().allSatisfy(\.isZeroCopy), needWakeup: !options.noNeedWakeup,
             busyPoll: options.busyPoll, window: options.window, rate: options.rate, gbpsIncludesPreambleAndGap: options.wireOverhead,
             stoppedEarlyBy: reason == 0 ? nil : StopReason.describe(reason),

@@ -67,8 +67,6 @@ struct PortResult: Codable {
     var receivedPackets: Int
     var indications: Int
     var lowResourceEvents: Int
-    var fillDepth: Int
-    var fillDepthGrowths: Int
     var socketReceiveDropped: Int
     var socketReceiveRingFull: Int
     var fillRingEmpty: Int
@@ -90,7 +88,6 @@ struct RunReport: Codable {
     var batch: Int
     var ringSize: Int
     var umemFrameSize: Int
-    var fillDepth: String
     var queues: Int
     var zeroCopy: Bool
     var needWakeup: Bool
@@ -166,7 +163,7 @@ enum Report {
         }
         print("""
             \(session.mode.rawValue): \(fmt(options.seconds, 1)) s, \(options.frameSize)-byte frames, \
-            \(options.batch) per list, rings \(options.ringSize), fill depth \(options.fillDepth.rawValue)\(options.fillDepthB.map { " (B \($0.rawValue))" } ?? ""), UMEM frames \(options.umemFrameSize), \
+            \(options.batch) per list, rings \(options.ringSize), UMEM frames \(options.umemFrameSize), \
             \(options.queues) queue(s), need_wakeup \(options.noNeedWakeup ? "off" : "on"), \
             busy poll \(options.busyPoll ? "on" : "off"), window \(options.window == 0 ? "unlimited" : String(options.window)), \
             rate \(options.rate == 0 ? "unpaced" : "\(fmt(options.rate / 1e6, 3)) Mpps per direction"), \
@@ -264,16 +261,16 @@ enum Report {
         print("engine, per port:")
         let portColumns = [
             "port", "tx pkts", "tx drop", "kicks", "kick err", "ring full", "rx pkts", "rx lists", "low res",
-            "sock drop", "rx full", "fill empty", "depth", "grew", "invalid", "xdp redir", "xdp pass",
+            "sock drop", "rx full", "fill empty", "invalid", "xdp redir", "xdp pass",
         ]
-        let portRows = report.ports.map { port -> [String] in
-            let counts: [Int] = [
-                port.sentPackets, port.sendsDropped, port.kicks, port.kickErrors, port.ringFullEvents, port.receivedPackets,
-                port.indications, port.lowResourceEvents, port.socketReceiveDropped, port.socketReceiveRingFull,
-                port.fillRingEmpty, port.fillDepth, port.fillDepthGrowths, port.invalidDescriptors, port.programRedirected,
-                port.programPassed,
+        let portRows = report.ports.map { port in
+            [
+                "\(port.end)\(port.queue)", String(port.sentPackets), String(port.sendsDropped), String(port.kicks), String(port.kickErrors),
+                String(port.ringFullEvents), String(port.receivedPackets), String(port.indications),
+                String(port.lowResourceEvents), String(port.socketReceiveDropped), String(port.socketReceiveRingFull),
+                String(port.fillRingEmpty), String(port.invalidDescriptors), String(port.programRedirected),
+                String(port.programPassed),
             ]
-            return ["\(port.end)\(port.queue)"] + counts.map { String($0) }
         }
         printTable(portColumns, portRows)
         for drops in report.interfaceDrops where drops.receiveDropped > 0 || drops.transmitDropped > 0 {

@@ -159,8 +159,6 @@ extension Statistics {
             total.receive.framesWithKernel += one.receive.framesWithKernel
             total.receive.framesHeldByCaller += one.receive.framesHeldByCaller
             total.receive.dropped += one.receive.dropped
-            total.receive.fillDepth += one.receive.fillDepth
-            total.receive.fillDepthGrowths += one.receive.fillDepthGrowths
             total.kernel.receiveDropped += one.kernel.receiveDropped
             total.kernel.receiveInvalidDescriptors += one.kernel.receiveInvalidDescriptors
             total.kernel.transmitInvalidDescriptors += one.kernel.transmitInvalidDescriptors

@@ -44,10 +44,6 @@ final class ReceiveContext: @unchecked Sendable {
     /// Frames submitted to the fill ring and not yet seen again on RX.
     @exclusivity(unchecked) private(set) var framesWithKernel = 0
     let batchSize: UInt32
-    /// How many frames the kernel may hold (fill ring plus RX not yet indicated).
-    @exclusivity(unchecked) private(set) var depth: FillDepth
-    /// Whether the last pass left the RX ring empty (the thread keeps up).
-    @exclusivity(unchecked) private var caughtUp = true
     /// Multi-buffer (XDP_USE_SG): a packet may be a run of descriptors,
     /// which one list always holds whole.
     let multiBuffer: Bool
@@ -80,7 +76,7 @@ final class ReceiveContext: @unchecked Sendable {
     private let trailingPadding: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
 
     init(table listTable: ListTable, range: ListTable.Range, id: UInt16, rx: RingMemory, fill: RingMemory, socketFD: Int32,
-         batchSize: UInt32, multiBuffer: Bool = false, adaptiveFillDepth: Bool = true, onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
+         batchSize: UInt32, multiBuffer: Bool = false, onReceive: @escaping @Sendable (ReceiveIndication) -> Void) {
         self.listTable = listTable
         table = listTable.layout
         self.range = range
@@ -94,11 +90,6 @@ final class ReceiveContext: @unchecked Sendable {
         self.multiBuffer = multiBuffer
         self.onReceive = onReceive
         lowWatermark = Int(batchSize)
-        // 512 at the default batch: two passes' worth of lists, and the
-        // depth at which the forwarder's profile came level with the C peers'.
-        depth = FillDepth(
-            minimum: max(512, 8 * Int(batchSize)), maximum: Int(self.fill.size), adapts: adaptiveFillDepth)
-        counters.add(fillDepth: depth.target)
         freeFrames = IndexStack(capacity: range.frameCount)
         freeSlots = IndexStack(capacity: range.frameCount)
         for frame in range.frames.reversed() {
@@ -147,21 +138,13 @@ final class ReceiveContext: @unchecked Sendable {
     /// anything moved.
     @discardableResult
     func service(maximumLists: Int = 4) -> Bool {
-        if ringsOpen, depth.adapts, depth.startPass(inFillRing: Int(fill.outstanding), caughtUp: caughtUp) {
-            counters.noteFillDepthGrowth()
-            counters.add(fillDepth: depth.target &- depth.previousTarget)
-        }
         var progress = takeReturns()
         defer { publish() }
         guard ringsOpen else { return progress }
         refill()
-        caughtUp = false
         guard indicationsHeld.load(ordering: .relaxed) == 0 else { return progress }
         for _ in 0..<maximumLists {
-            guard indicateOnce() else {
-                caughtUp = true
-                break
-            }
+            guard indicateOnce() else { break }
             progress = true
         }
         if progress { refill() }
@@ -184,7 +167,7 @@ final class ReceiveContext: @unchecked Sendable {
             returned &+= table.lists[Int(slot)].count
             slot = table.lists[Int(slot)].next
         }
-        var (index, room) = ringsOpen ? fill.reserve(upTo: min(returned, kernelRoom)) : (0, 0)
+        var (index, room) = ringsOpen ? fill.reserve(upTo: returned) : (0, 0)
         let granted = room
         let shift = UInt64(table.frameShift)
         let frameMask = ~table.offsetMask
@@ -237,16 +220,9 @@ final class ReceiveContext: @unchecked Sendable {
         publish()
     }
 
-    /// Frames the kernel may still be given under the current depth. With
-    /// `.full` no bound but the fill ring's room: frames waiting in the RX
-    /// ring count as the kernel's, and must not keep the fill ring short.
-    private var kernelRoom: UInt32 {
-        depth.adapts ? UInt32(clamping: depth.target &- framesWithKernel) : .max
-    }
-
     private func refill() {
         if !freeFrames.isEmpty {
-            let (start, granted) = fill.reserve(upTo: min(UInt32(freeFrames.count), kernelRoom))
+            let (start, granted) = fill.reserve(upTo: UInt32(freeFrames.count))
             if granted > 0 {
                 let shift = UInt64(table.frameShift)
                 var index = start
@@ -317,7 +293,6 @@ final class ReceiveContext: @unchecked Sendable {
         rx.release()
         framesWithKernel -= Int(count)
         counters.add(framesWithKernel: -Int(count))
-        if depth.received(Int(count)) { counters.add(fillDepth: depth.target &- depth.previousTarget) }
         list.pointee.count = count
         list.pointee.unsetLengths = 0
         list.pointee.ownersStamped = false
