@@ -47,7 +47,28 @@ extension TestFrame {
         }
     }
 
+    /// Rewrites only the sequence number and timestamp, as packet generators
+    /// that write headers alone do (DPDK testpmd's txonly): the payload keeps
+    /// whatever bytes the frame last carried, so a receiver must not check it.
+    @inlinable @inline(__always)
+    public static func stamp(_ base: UnsafeMutableRawPointer, sequence: UInt64, timestamp: UInt64) {
+        base.storeBytes(of: sequence.littleEndian, toByteOffset: sequenceOffset, as: UInt64.self)
+        base.storeBytes(of: timestamp.littleEndian, toByteOffset: timestampOffset, as: UInt64.self)
+    }
+
     public enum Verdict: Sendable { case intact, corrupted, foreign }
+
+    /// Reads a received frame's EtherType, sequence and timestamp, and not
+    /// its payload: the check for frames written with `stamp`.
+    @inlinable @inline(__always)
+    public static func checkHeader(_ base: UnsafeRawPointer, length: Int) -> (verdict: Verdict, sequence: UInt64, timestamp: UInt64) {
+        guard length >= payloadOffset,
+              UInt16(bigEndian: base.loadUnaligned(fromByteOffset: 12, as: UInt16.self)) == TestFrame.etherType
+        else { return (.foreign, 0, 0) }
+        let sequence = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: sequenceOffset, as: UInt64.self))
+        let timestamp = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: timestampOffset, as: UInt64.self))
+        return (.intact, sequence, timestamp)
+    }
 
     /// Reads a received frame: its sequence and timestamp, and whether the
     /// EtherType and every payload byte are as written.
@@ -76,7 +97,7 @@ extension TestFrame {
         return (difference == 0 ? .intact : .corrupted, sequence, timestamp)
     }
 
-    /// Checks the word-wise codec (`rewrite`, `check`) against the byte-wise
+    /// Checks the word-wise codec (`rewrite`, `check`, `stamp`, `checkHeader`) against the byte-wise
     /// definition (`write`, `parse`) over every length and a spread of
     /// sequence numbers; throws if they disagree anywhere.
     public static func selfTest() throws(TestbedError) {
@@ -104,6 +125,12 @@ extension TestFrame {
                           parse(view)?.intact == false
                     else { throw TestbedError(message: "internal: FrameCodec.check misses a corrupted byte (length \(length))") }
                 }
+                // Header only: a stale payload passes, the new stamp is read.
+                stamp(buffer.baseAddress!, sequence: sequence &+ 1, timestamp: 9)
+                let header = checkHeader(buffer.baseAddress!, length: length)
+                guard header.verdict == .intact, header.sequence == sequence &+ 1, header.timestamp == 9 else {
+                    throw TestbedError(message: "internal: FrameCodec.checkHeader misreads a stamped TestFrame (length \(length))")
+                }
             }
         }
     }
@@ -126,15 +153,21 @@ public struct FlowCheck: Sendable {
     public var corrupted = 0
     /// Frames that are not test frames.
     public var foreign = 0
+    /// Whether payloads are checked (frames written with `rewrite`), or only
+    /// EtherType and sequence (frames written with `stamp`; `corrupted` then
+    /// stays 0).
+    public let checksPayload: Bool
 
-    public init() {}
+    public init(checksPayload: Bool = true) { self.checksPayload = checksPayload }
 
     /// Checks one frame; returns its send timestamp if it is intact.
     @inlinable @inline(__always)
     public mutating func check(_ frame: UnsafeRawBufferPointer) -> UInt64? {
         packets &+= 1
         bytes &+= frame.count
-        let (verdict, sequence, timestamp) = TestFrame.check(frame.baseAddress!, length: frame.count)
+        let (verdict, sequence, timestamp) = checksPayload
+            ? TestFrame.check(frame.baseAddress!, length: frame.count)
+            : TestFrame.checkHeader(frame.baseAddress!, length: frame.count)
         switch verdict {
         case .foreign:
             foreign &+= 1
