@@ -83,6 +83,16 @@ enum API: String, Sendable, ExpressibleByArgument, CaseIterable {
     case callback, async
 }
 
+/// What the sender writes into each frame it sends and the receiver checks.
+enum Payload: String, Sendable, ExpressibleByArgument, CaseIterable {
+    /// Every byte: sequence, timestamp and a payload made from the sequence
+    /// number, all checked on arrival.
+    case checked
+    /// Sequence and timestamp only, as DPDK testpmd's txonly writes its
+    /// headers and no payload; receivers check order, not payload bytes.
+    case header
+}
+
 /// forward: how F passes frames between its two ports.
 enum RelayKind: String, Sendable, ExpressibleByArgument, CaseIterable {
     case bridge, bare
@@ -131,6 +141,11 @@ struct BenchOptions: ParsableArguments {
 
     @Option(help: "An intermediate driver stacked on each end: none, filter (pass-through) or classifier (802.1p priority from the frames).")
     var through: Through = .none
+
+    @Option(help: ArgumentHelp(
+        "What each sent frame gets written and each received one checked for: checked (every byte) or header (sequence and timestamp only).",
+        discussion: "header is how DPDK testpmd's txonly writes frames (headers, no payload): compare a sender with it like for like. Frames up to 1514 bytes."))
+    var payload: Payload = .checked
 
     @Option(help: "duplex: how each end is driven, callback (handlers, a polling thread per end) or async (AsyncPort: tasks awaiting its received lists and completions).")
     var api: API = .callback
@@ -229,6 +244,9 @@ struct BenchOptions: ParsableArguments {
         }
         guard listsPerPass >= 1, listsPerPass <= 1 << 16 else {
             throw ValidationError("--lists-per-pass must be 1...65536, not \(listsPerPass)")
+        }
+        if payload == .header, frameSize > 1514 {
+            throw ValidationError("--payload header runs frames up to 1514 bytes; jumbo frames are written and checked whole")
         }
         guard umemFrameSize == 2048 || umemFrameSize == 4096 else {
             throw ValidationError("--umem-frame-size must be 2048 or 4096, not \(umemFrameSize)")

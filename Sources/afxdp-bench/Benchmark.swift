@@ -260,8 +260,8 @@ final class Session {
                     counters: counters,
                     sender: .make(SenderState(
                         counters: counters, capacity: listsPerFlow, frameLength: options.frameSize, window: options.window,
-                        packetsPerSecond: options.rate / Double(options.queues))),
-                    receiver: .make(ReceiverState(counters: counters)),
+                        packetsPerSecond: options.rate / Double(options.queues), writesPayload: options.payload == .checked)),
+                    receiver: .make(ReceiverState(counters: counters, checksPayload: options.payload == .checked)),
                     forwarder: directions[index].forwarderEnd == nil ? nil : .make(ForwarderState(counters: counters)),
                     relay: directions[index].relayEnd == nil ? nil : .make(RelayState(counters: counters))))
             }

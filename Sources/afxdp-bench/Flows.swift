@@ -109,9 +109,13 @@ struct SenderState {
     /// nil otherwise.
     var entriesPerPacket = 1
     var scratch: UnsafeMutableRawPointer?
+    /// --payload checked: every byte rewritten per send; header: sequence
+    /// and timestamp only.
+    let writesPayload: Bool
 
-    init(counters: FlowCounters, capacity: Int, frameLength: Int, window: Int, packetsPerSecond: Double = 0) {
+    init(counters: FlowCounters, capacity: Int, frameLength: Int, window: Int, packetsPerSecond: Double = 0, writesPayload: Bool = true) {
         self.counters = counters
+        self.writesPayload = writesPayload
         self.capacity = capacity
         lists = .allocate(capacity: capacity)
         self.frameLength = frameLength
@@ -181,9 +185,14 @@ enum Generator {
                 var sequence = state.pointee.nextSequence
                 if let scratch = state.pointee.scratch {
                     sequence = try rewriteJumbo(packets, scratch: scratch, frameLength: frameLength, sequence: sequence, timestamp: timestamp)
-                } else {
+                } else if state.pointee.writesPayload {
                     try packets.forEach { packet throws(AFXDPError) in
                         TestFrame.rewrite(try packet.bytes.baseAddress!, length: frameLength, sequence: sequence, timestamp: timestamp)
+                        sequence &+= 1
+                    }
+                } else {
+                    try packets.forEach { packet throws(AFXDPError) in
+                        TestFrame.stamp(try packet.bytes.baseAddress!, sequence: sequence, timestamp: timestamp)
                         sequence &+= 1
                     }
                 }
@@ -383,7 +392,7 @@ struct Inbox {
 struct ReceiverState {
     let counters: FlowCounters
     /// Every frame checked: in order, gaps, late, corrupted, foreign.
-    var flow = FlowCheck()
+    var flow: FlowCheck
     var returnErrors = 0
     var firstError: AFXDPError?
     /// Send-to-receive time in nanoseconds. Equal values come in runs (a
@@ -396,7 +405,10 @@ struct ReceiverState {
     var scratch: UnsafeMutableRawPointer?
     var scratchCapacity = 0
 
-    init(counters: FlowCounters) { self.counters = counters }
+    init(counters: FlowCounters, checksPayload: Bool = true) {
+        self.counters = counters
+        flow = FlowCheck(checksPayload: checksPayload)
+    }
 
     mutating func useJumboFrames(maximumLength: Int) {
         scratch = .allocate(byteCount: maximumLength, alignment: 8)

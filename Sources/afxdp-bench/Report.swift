@@ -167,7 +167,7 @@ enum Report {
             \(options.queues) queue(s), need_wakeup \(options.noNeedWakeup ? "off" : "on"), \
             busy poll \(options.busyPoll ? "on" : "off"), window \(options.window == 0 ? "unlimited" : String(options.window)), \
             rate \(options.rate == 0 ? "unpaced" : "\(fmt(options.rate / 1e6, 3)) Mpps per direction"), \
-            api \(options.api.rawValue)
+            api \(options.api.rawValue), payload \(options.payload == .checked ? "written and checked" : "not written or checked (header only)")
             """)
         let bytes = options.wireOverhead
             ? "frame bytes + 20 (preamble, inter-frame gap); no FCS"
