@@ -30,7 +30,21 @@ struct Compare: ParsableCommand {
     @Option(name: .customLong("cpu-a"), help: "Pin end A's thread to this CPU (both sides).") var cpuA: Int?
     @Option(name: .customLong("cpu-b"), help: "Pin end B's thread to this CPU (both sides).") var cpuB: Int?
     @Option(name: .customLong("cpu-f"), help: "forward: pin F's thread to this CPU (both sides).") var cpuF: Int?
+    @Option(help: ArgumentHelp(
+        "tx-only: where A's frames go: receiver (B receives them through the tool measured) or kernel (nothing at B; the figure is A's transmit rate).",
+        discussion: """
+            kernel compares senders alone: on veth, B's receive work (its XDP program and the copy into its \
+            frames) runs on A's core, so a receiver that falls behind and drops frames before that copy \
+            makes its sender look faster. With kernel, A's frames meet no XDP program at B and the kernel \
+            drops them, the same work for every tool. Against testpmd's txonly, which writes headers and no \
+            payload, add --engine-extra="--payload header".
+            """))
+    var sink: Sink = .receiver
     @Flag(help: "Print every figure as one JSON object on the last line.") var json = false
+
+    enum Sink: String, ExpressibleByArgument, CaseIterable {
+        case receiver, kernel
+    }
 
     func validate() throws {
         guard ["duplex", "tx-only", "rx-drop", "l2fwd", "forward"].contains(mode) else {
@@ -48,6 +62,9 @@ struct Compare: ParsableCommand {
             guard (0...1).contains(cpuA ?? 0), (0...1).contains(cpuB ?? 1) else {
                 throw ValidationError("--against testpmd: testpmd runs on cores 0 and 1, so --cpu-a and --cpu-b must be 0 or 1")
             }
+        }
+        if sink == .kernel && mode != "tx-only" {
+            throw ValidationError("--sink kernel goes with --mode tx-only (every other mode receives at B)")
         }
         if against == "reference" && !baselineExtra.isEmpty {
             throw ValidationError("--baseline-extra goes with --against engine (the reference takes no engine options)")
@@ -98,6 +115,12 @@ struct Compare: ParsableCommand {
             ends = (bed.interfaceA, bed.namespaceA, bed.interfaceB, bed.namespaceB)
         }
         defer { destroy() }
+        // --sink kernel: the engine and the reference open B on a veth pair of
+        // its own, which A's frames never reach; they arrive at the testbed's
+        // B, where no program runs, and the kernel drops them.
+        let spare = sink == .kernel ? try VethTestbed.create(prefix: "afxbench") : nil
+        defer { spare?.destroy() }
+        let receiving = spare.map { ($0.interfaceB, $0.namespaceB) } ?? (ends.b, ends.namespaceB)
         // Against testpmd, which forwards each end on a core of its own, the
         // engine's ends are pinned alike: A on 0, B on 1 unless told.
         let (cpuA, cpuB) = against == "testpmd" ? (self.cpuA ?? 0, self.cpuB ?? 1) : (self.cpuA, self.cpuB)
@@ -105,23 +128,24 @@ struct Compare: ParsableCommand {
         let common = ["--seconds", "\(seconds)", "--frame-size", "\(frameSize)", "--batch", "\(batch)", "--ring-size", "\(ringSize)", "--json"]
             + pinning
         let engineBase = [engine, mode, "--interface", ends.a, "--namespace", ends.namespaceA,
-                               "--peer", ends.b, "--peer-namespace", ends.namespaceB]
+                               "--peer", receiving.0, "--peer-namespace", receiving.1]
             + (relay.map { ["--relay-a", $0.a, "--relay-b", $0.b, "--relay-namespace", $0.namespace] } ?? []) + common
         let extra = { (text: String) in text.split(separator: " ").map(String.init) }
         let baselineArguments = engineBase + extra(baselineExtra)
         let engineArguments = engineBase + extra(engineExtra)
         let referenceArguments = against == "engine" ? baselineArguments : [referencePath, mode, "--interface-a", ends.a, "--namespace-a", ends.namespaceA,
-                                  "--interface-b", ends.b, "--namespace-b", ends.namespaceB]
+                                  "--interface-b", receiving.0, "--namespace-b", receiving.1]
             + (relay.map { ["--interface-fa", $0.a, "--interface-fb", $0.b, "--namespace-f", $0.namespace] } ?? [])
             + ["--xdp-object", object.path] + common
 
         let peer = against == "testpmd"
             ? TestpmdPeer(driver: TestpmdPeer.Driver(rawValue: pmd)!, mode: mode, seconds: seconds, frameSize: frameSize,
-                          ends: ends, cpuA: cpuA ?? 0, cpuB: cpuB ?? 1)
+                          ends: ends, cpuA: cpuA ?? 0, cpuB: cpuB ?? 1, sinkIsKernel: sink == .kernel)
             : nil
         let versus = against == "engine" ? "the engine with \(baselineExtra.isEmpty ? "no extra options" : baselineExtra)"
             : against == "testpmd" ? "DPDK testpmd, \(pmd) driver\(mode == "duplex" ? ", duplex as the peers run it: 32 frames looped by both ends" : "")"
             : "the C reference"
+        if sink == .kernel { print("compare: nothing receives at B: A's frames meet no program there and the kernel drops them; the figure is A's transmit rate") }
         print("compare: \(mode), \(frameSize)-byte frames, \(seconds) s per run, \(rounds) rounds, "
               + "engine\(engineExtra.isEmpty ? "" : " with \(engineExtra)") and reference (\(versus)) alternating")
         var samples: [String: [(engine: Double, reference: Double)]] = [:]
@@ -148,10 +172,11 @@ struct Compare: ParsableCommand {
                 var total = 0.0
                 for direction in directions {
                     let name = direction["name"] as? String ?? "?"
+                    if mode == "tx-only", let tx = (direction["txMpps"] as? NSNumber)?.doubleValue { byMetric["\(name) tx Mpps"] = tx }
+                    if sink == .kernel { continue }  // nothing is received
                     let mpps = (direction["mpps"] as? NSNumber)?.doubleValue ?? 0
                     byMetric["\(name) Mpps"] = mpps
                     total += mpps
-                    if mode == "tx-only", let tx = (direction["txMpps"] as? NSNumber)?.doubleValue { byMetric["\(name) tx Mpps"] = tx }
                     if let latency = direction["latencyMicroseconds"] as? [String: Any],
                        let p50 = (latency["p50"] as? NSNumber)?.doubleValue {
                         byMetric["\(name) p50 µs"] = p50
@@ -184,7 +209,8 @@ struct Compare: ParsableCommand {
         print("(Mpps: higher is better; latency: lower is better. Ratios are per round, then the median.)")
         if json {
             let report: [String: Any] = ["tool": "afxdp-bench compare", "mode": mode, "rounds": rounds, "seconds": seconds,
-                                         "frameSize": frameSize, "batch": batch, "ringSize": ringSize, "metrics": rows]
+                                         "frameSize": frameSize, "batch": batch, "ringSize": ringSize, "sink": sink.rawValue,
+                                         "metrics": rows]
             print(String(decoding: try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys]), as: UTF8.self))
         }
     }

@@ -22,6 +22,9 @@ struct TestpmdPeer {
     /// The cores the two ends forward on.
     let cpuA: Int
     let cpuB: Int
+    /// tx-only: nothing runs at B (`compare --sink kernel`); the figure is
+    /// A's transmit rate.
+    var sinkIsKernel = false
 
     /// The metric a mode's figure is compared by, named as afxdp-bench's JSON
     /// report names it.
@@ -37,6 +40,7 @@ struct TestpmdPeer {
     /// (nil: the kernel receives), and what counts.
     /// - tx-only: A txonly; B rxonly (receiving through the same driver, as
     ///   the engine's B receives through AF_XDP); what B received, and A's
+    ///   transmit rate. With `sinkIsKernel`, nothing at B, and only A's
     ///   transmit rate.
     /// - rx-drop: the same pair; B's receive rate.
     /// - l2fwd: A flowgen (it sends and also receives, and frees, what comes
@@ -49,7 +53,7 @@ struct TestpmdPeer {
     private var plan: (a: [String], b: [String]?) {
         let size = "--txpkts=\(frameSize)"
         switch mode {
-        case "tx-only": return (["--forward-mode=txonly", size], ["--forward-mode=rxonly"])
+        case "tx-only": return (["--forward-mode=txonly", size], sinkIsKernel ? nil : ["--forward-mode=rxonly"])
         case "rx-drop": return (["--forward-mode=txonly", size], ["--forward-mode=rxonly"])
         case "l2fwd": return (["--forward-mode=flowgen", size], ["--forward-mode=macswap"])
         default: return (["--forward-mode=io", "--tx-first", size], ["--forward-mode=io"])
@@ -111,6 +115,12 @@ struct TestpmdPeer {
         }
         let a = Self.rates(String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: logA))) ?? Data(), as: UTF8.self))
         let b = forwardB == nil ? nil : Self.rates(String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: logB))) ?? Data(), as: UTF8.self))
+        if sinkIsKernel {
+            guard let sent = a.tx else {
+                throw BenchError("testpmd (\(driver.rawValue), \(mode)) printed no transmit rates; its log is in \(logA) while it runs")
+            }
+            return ["A->B tx Mpps": sent / 1e6]
+        }
         let figure: Double?
         switch mode {
         case "tx-only": figure = b?.rx
