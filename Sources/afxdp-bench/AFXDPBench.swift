@@ -218,8 +218,9 @@ struct BenchOptions: ParsableArguments {
     var timeout: Double?
 
     /// Whether these options can carry jumbo frames: on the benchmark's own
-    /// veth pair, one queue, no driver stacked (the mode is `Session`'s say).
-    var allowJumboFrames: Bool { queues == 1 && through == .none && interface == nil }
+    /// veth pair, one queue, no driver stacked, payloads checked (the mode is
+    /// `Session`'s say).
+    var allowJumboFrames: Bool { queues == 1 && through == .none && interface == nil && payload == .checked }
 
     func validate() throws {
         guard seconds > 0, seconds <= 86_400 else {
@@ -230,7 +231,7 @@ struct BenchOptions: ParsableArguments {
         }
         if frameSize > 1514, !allowJumboFrames {
             throw ValidationError(
-                "jumbo frames (--frame-size past 1514) run on the benchmark's own veth pair, one queue, no driver stacked")
+                "jumbo frames (--frame-size past 1514) run on the benchmark's own veth pair, one queue, no driver stacked, --payload checked")
         }
         guard ringSize >= 8, ringSize <= 1 << 16 else {
             throw ValidationError("--ring-size must be a power of two from 8 to 65536, not \(ringSize)")
@@ -244,9 +245,6 @@ struct BenchOptions: ParsableArguments {
         }
         guard listsPerPass >= 1, listsPerPass <= 1 << 16 else {
             throw ValidationError("--lists-per-pass must be 1...65536, not \(listsPerPass)")
-        }
-        if payload == .header, frameSize > 1514 {
-            throw ValidationError("--payload header runs frames up to 1514 bytes; jumbo frames are written and checked whole")
         }
         guard umemFrameSize == 2048 || umemFrameSize == 4096 else {
             throw ValidationError("--umem-frame-size must be 2048 or 4096, not \(umemFrameSize)")

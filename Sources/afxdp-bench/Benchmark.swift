@@ -384,7 +384,7 @@ final class Session {
             throw BenchError("jumbo frames (frames past 1514 bytes) run in duplex, tx-only and rx-drop; not in \(mode.rawValue)")
         }
         guard options.allowJumboFrames else {
-            throw BenchError("jumbo frames run on the benchmark's own veth pair, one queue, no driver stacked")
+            throw BenchError("jumbo frames run on the benchmark's own veth pair, one queue, no driver stacked, --payload checked")
         }
         for endpoint in endpoints {
             var command = ["ip"]

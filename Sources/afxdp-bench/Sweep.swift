@@ -111,7 +111,7 @@ enum SweepRun {
         for (index, size) in sizes.enumerated() {
             if stopRequested { break }
             if size > 1514, !Session.runsJumboFrames(mode) || !options.allowJumboFrames {
-                print("sweep: \(size)-byte frames skipped: jumbo frames run in duplex, tx-only and rx-drop, one queue, on the benchmark's own veth pair")
+                print("sweep: \(size)-byte frames skipped: jumbo frames run in duplex, tx-only and rx-drop, one queue, on the benchmark's own veth pair, --payload checked")
                 continue
             }
             var sizeOptions = options
