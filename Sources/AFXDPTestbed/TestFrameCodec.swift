@@ -74,11 +74,8 @@ extension TestFrame {
     /// EtherType and every payload byte are as written.
     @inlinable @inline(__always)
     public static func check(_ base: UnsafeRawPointer, length: Int) -> (verdict: Verdict, sequence: UInt64, timestamp: UInt64) {
-        guard length >= payloadOffset,
-              UInt16(bigEndian: base.loadUnaligned(fromByteOffset: 12, as: UInt16.self)) == TestFrame.etherType
-        else { return (.foreign, 0, 0) }
-        let sequence = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: sequenceOffset, as: UInt64.self))
-        let timestamp = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: timestampOffset, as: UInt64.self))
+        let (verdict, sequence, timestamp) = checkHeader(base, length: length)
+        guard verdict == .intact else { return (.foreign, 0, 0) }
         let payload = base + payloadOffset
         let count = length - payloadOffset
         var offset = 0
