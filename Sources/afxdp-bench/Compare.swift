@@ -120,7 +120,7 @@ struct Compare: ParsableCommand {
         // B, where no program runs, and the kernel drops them.
         let spare = sink == .kernel ? try VethTestbed.create(prefix: "afxbench") : nil
         defer { spare?.destroy() }
-        let receiving = spare.map { ($0.interfaceB, $0.namespaceB) } ?? (ends.b, ends.namespaceB)
+        let receiving: (interface: String, namespace: String) = spare.map { ($0.interfaceB, $0.namespaceB) } ?? (ends.b, ends.namespaceB)
         // Against testpmd, which forwards each end on a core of its own, the
         // engine's ends are pinned alike: A on 0, B on 1 unless told.
         let (cpuA, cpuB) = against == "testpmd" ? (self.cpuA ?? 0, self.cpuB ?? 1) : (self.cpuA, self.cpuB)
@@ -128,13 +128,13 @@ struct Compare: ParsableCommand {
         let common = ["--seconds", "\(seconds)", "--frame-size", "\(frameSize)", "--batch", "\(batch)", "--ring-size", "\(ringSize)", "--json"]
             + pinning
         let engineBase = [engine, mode, "--interface", ends.a, "--namespace", ends.namespaceA,
-                               "--peer", receiving.0, "--peer-namespace", receiving.1]
+                               "--peer", receiving.interface, "--peer-namespace", receiving.namespace]
             + (relay.map { ["--relay-a", $0.a, "--relay-b", $0.b, "--relay-namespace", $0.namespace] } ?? []) + common
         let extra = { (text: String) in text.split(separator: " ").map(String.init) }
         let baselineArguments = engineBase + extra(baselineExtra)
         let engineArguments = engineBase + extra(engineExtra)
         let referenceArguments = against == "engine" ? baselineArguments : [referencePath, mode, "--interface-a", ends.a, "--namespace-a", ends.namespaceA,
-                                  "--interface-b", receiving.0, "--namespace-b", receiving.1]
+                                  "--interface-b", receiving.interface, "--namespace-b", receiving.namespace]
             + (relay.map { ["--interface-fa", $0.a, "--interface-fb", $0.b, "--namespace-f", $0.namespace] } ?? [])
             + ["--xdp-object", object.path] + common
 
