@@ -271,12 +271,14 @@ final class ReceiveContext: @unchecked Sendable {
             let (first, run) = ring.contiguousRun(
                 from: index, upTo: min(end &- index, capacity &- filled))
             // Copied whole (options included: see SendContext.stampOwners),
-            // then checked and counted where they now are.
+            // checked and counted in the same pass.
             let packets = table.chunk(chunk) + Int(filled)
-            packets.update(from: first, count: Int(run))
-            for offset in 0..<Int(run) {
-                invariant(packets[offset].address &- base < span, "the RX ring returned address \(packets[offset].address), outside the receive pool")
-                bytes &+= Int(truncatingIfNeeded: packets[offset].length)
+            let (offsets, runBytes) = copyDescriptors(from: first, to: packets, count: Int(run), offsetBy: base)
+            bytes &+= Int(runBytes)
+            if offsets >= span {
+                for offset in 0..<Int(run) {
+                    invariant(packets[offset].address &- base < span, "the RX ring returned address \(packets[offset].address), outside the receive pool")
+                }
             }
             index &+= run
             filled &+= run

@@ -424,8 +424,7 @@ final class SendContext: @unchecked Sendable {
                     let source = table.chunk(chunk) + Int(at)
                     let (destination, run) = ring.contiguousRun(
                         from: index &+ placed, upTo: min(chunkCount &- at, budget &- placed))
-                    destination.update(from: source, count: Int(run))
-                    for offset in 0..<Int(run) { bytes &+= source[offset].length }
+                    bytes &+= copyDescriptors(from: source, to: destination, count: Int(run))
                     placed &+= run
                     at &+= run
                     if at == chunkCount {
@@ -535,32 +534,44 @@ final class SendContext: @unchecked Sendable {
             var address = first
             let end = first + Int(length)
             while address != end {
-                // Two at a time while both belong to the current run (the
+                // Four at a time while all belong to the current run (the
                 // common case: a list's frames come back together)...
-                while end - address >= 2 {
+                while end - address >= 4 {
                     let frame0 = address[0] &>> shift, frame1 = address[1] &>> shift
-                    guard max(frame0, frame1) < frameCount,
+                    let frame2 = address[2] &>> shift, frame3 = address[3] &>> shift
+                    // The OR is no smaller than any of the four: under the
+                    // frame count, all are (one compare, not four). With a
+                    // frame count that is not a power of two it may say no
+                    // to good frames: they then go one at a time below.
+                    guard frame0 | frame1 | frame2 | frame3 < frameCount,
                         owners[Int(truncatingIfNeeded: frame0)] == runOwner,
-                        owners[Int(truncatingIfNeeded: frame1)] == runOwner
+                        owners[Int(truncatingIfNeeded: frame1)] == runOwner,
+                        owners[Int(truncatingIfNeeded: frame2)] == runOwner,
+                        owners[Int(truncatingIfNeeded: frame3)] == runOwner
                     else { break }
-                    runLength &+= 2
-                    address += 2
+                    runLength &+= 4
+                    address += 4
                 }
-                guard address != end else { break }
-                // ...then one, which may start the next run.
-                let frame = address.pointee &>> shift
-                address += 1
-                guard frame < frameCount else {
-                    invalid &+= 1
-                    continue
-                }
-                let owner = owners[Int(truncatingIfNeeded: frame)]
-                if owner == runOwner {
-                    runLength &+= 1
-                } else {
-                    invalid &+= settle(runOwner, runLength)
-                    runOwner = owner
-                    runLength = 1
+                // ...then the four that did not pass (or the last few), one
+                // at a time: one of them starts the next run. Trying four
+                // again after each would try a group that fails up to four
+                // times at every run's start.
+                let stop = min(address + 4, end)
+                while address != stop {
+                    let frame = address.pointee &>> shift
+                    address += 1
+                    guard frame < frameCount else {
+                        invalid &+= 1
+                        continue
+                    }
+                    let owner = owners[Int(truncatingIfNeeded: frame)]
+                    if owner == runOwner {
+                        runLength &+= 1
+                    } else {
+                        invalid &+= settle(runOwner, runLength)
+                        runOwner = owner
+                        runLength = 1
+                    }
                 }
             }
             index &+= length
