@@ -293,7 +293,6 @@ public final class XDPPort: @unchecked Sendable {
             table: table, range: receiveRange, id: receiveID, rx: rings.rx, fill: rings.fill, socketFD: device.fd,
             batchSize: configuration.receiveBatchSize, multiBuffer: configuration.multiBuffer, onReceive: onReceive)
         receiveDoorbell = receiveContext.door
-        receiveContext.port = self
         sendContext.port = self
         table.register(.receive(receiveContext), range: receiveRange, id: receiveID)
         table.register(.send(sendPool), range: sendRange, id: sendID)
@@ -439,7 +438,7 @@ public final class XDPPort: @unchecked Sendable {
     private func receivePass() -> Bool {
         // After close the rings are gone; returns are still taken back.
         if currentState == .closed { return receiveContext.takeReturns() }
-        return receiveContext.service()
+        return receiveContext.service(port: self)
     }
 
     // MARK: Progress

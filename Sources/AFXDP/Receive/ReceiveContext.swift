@@ -52,12 +52,13 @@ final class ReceiveContext: @unchecked Sendable {
     /// Whether the last refill left the kernel fewer than `lowWatermark` frames.
     @exclusivity(unchecked) private(set) var isLowOnResources = false
     let socketFD: Int32
-    /// A `var` only so that close can let go of it (and of what it captures).
-    @exclusivity(unchecked) private var onReceive: @Sendable (ReceiveIndication) -> Void
-    /// The port this region belongs to; set once, right after the port is
-    /// made. Indications (the only use) happen while the rings are open, when
-    /// the port is alive.
-    @exclusivity(unchecked) unowned(unsafe) var port: XDPPort!
+    /// The receive handler, in a box this region holds one reference to.
+    /// Replaced only by `dropHandler` at close, which holds the region (so no
+    /// pass, and no handler call from one, is running on any thread, this
+    /// one included: the region's ownership is not re-entrant): a pass may
+    /// therefore call it through a borrowed reference, without retaining
+    /// the handler's captures for every list.
+    @exclusivity(unchecked) private var onReceive: Unmanaged<ReceiveHandler>
 
     /// Who owns the region now, and the mailbox of returned lists: written by
     /// any thread, on lines of their own.
@@ -88,7 +89,7 @@ final class ReceiveContext: @unchecked Sendable {
         self.socketFD = socketFD
         self.batchSize = batchSize
         self.multiBuffer = multiBuffer
-        self.onReceive = onReceive
+        self.onReceive = Unmanaged.passRetained(ReceiveHandler(onReceive))
         lowWatermark = Int(batchSize)
         freeFrames = IndexStack(capacity: range.frameCount)
         freeSlots = IndexStack(capacity: range.frameCount)
@@ -108,6 +109,7 @@ final class ReceiveContext: @unchecked Sendable {
         freeSlots.deallocate()
         freeLargeChunks.deallocate()
         heldStorage.deallocate()
+        onReceive.release()
     }
 
     private var held: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage) }
@@ -135,16 +137,18 @@ final class ReceiveContext: @unchecked Sendable {
     /// One pass of the receive side: takes back returned lists, refills the
     /// fill ring, and indicates what the RX ring holds (up to `batchSize`
     /// packets per list, at most `maximumLists` lists). Returns whether
-    /// anything moved.
+    /// anything moved. `port`, the one this region belongs to, is what the
+    /// indications name: the port passes itself in (it is alive for the
+    /// call), so the region keeps no reference to it.
     @discardableResult
-    func service(maximumLists: Int = 4) -> Bool {
+    func service(port: XDPPort, maximumLists: Int = 4) -> Bool {
         var progress = takeReturns()
         defer { publish() }
         guard ringsOpen else { return progress }
         refill()
         guard indicationsHeld.load(ordering: .relaxed) == 0 else { return progress }
         for _ in 0..<maximumLists {
-            guard indicateOnce() else { break }
+            guard indicateOnce(port: port) else { break }
             progress = true
         }
         if progress { refill() }
@@ -244,7 +248,7 @@ final class ReceiveContext: @unchecked Sendable {
     }
 
     /// Indicates one list of up to `batchSize` received packets.
-    private func indicateOnce() -> Bool {
+    private func indicateOnce(port: XDPPort) -> Bool {
         var (start, count) = rx.peek(upTo: batchSize)
         guard count > 0 else { return false }
         if multiBuffer, rx[start &+ count &- 1].options & XDPDescriptor.continues != 0 {
@@ -313,7 +317,7 @@ final class ReceiveContext: @unchecked Sendable {
         table.setState(head, .caller, generation: generation)
         let indication = ReceiveIndication(
             port: port, list: PacketList(table: listTable, slot: head, generation: generation), lowResources: lowResources)
-        HandlerContext.run { onReceive(indication) }
+        onReceive._withUnsafeGuaranteedRef { handler in HandlerContext.run { handler.call(indication) } }
         return true
     }
 
@@ -372,9 +376,13 @@ final class ReceiveContext: @unchecked Sendable {
         publish()
     }
 
-    /// Lets go of the receive handler once the port is closed (no pass calls it again).
+    /// Lets go of the receive handler once the port is closed (no pass calls
+    /// it again). By the region's owner only: close's teardown, which holds
+    /// the region, so the handler is not running (see `onReceive`).
     func dropHandler() {
-        onReceive = { _ in }
+        let dropped = onReceive
+        onReceive = Unmanaged.passRetained(ReceiveHandler { _ in })
+        dropped.release()
     }
 
     /// Set once the port's rings are gone: returned lists are then taken
@@ -389,4 +397,10 @@ final class ReceiveContext: @unchecked Sendable {
             door.runIfFree(rounds: 1) { takeReturns() }
         }
     }
+}
+
+/// A receive handler in a box of its own: see `ReceiveContext.onReceive`.
+final class ReceiveHandler: Sendable {
+    let call: @Sendable (ReceiveIndication) -> Void
+    init(_ call: @escaping @Sendable (ReceiveIndication) -> Void) { self.call = call }
 }
