@@ -589,6 +589,39 @@ struct SimulatedKernelTests {
         expectAllHome(port, kernel)
     }
 
+    @Test("A send's own pass reads the completion ring only when the frames in flight leave too little room; nothing is delivered before a poll")
+    func sendPassReapsOnlyForRoom() throws {
+        let port = SimulatedPort(sendFrames: 256, txSize: 64, completionSize: 64)
+        var kernel = HandPlayedKernel(port)
+        // 48 frames sent, taken and completed: the completions sit in the
+        // ring, unread, while 16 slots of room remain.
+        for _ in 0..<12 { _ = try #require(try port.sendNew(packetCount: 4)) }
+        #expect(kernel.transmit() == 48)
+        #expect(kernel.complete() == 48)
+        // A send that fits the room: placed, and the completion ring left unread.
+        let fits = try #require(try port.sendNew(packetCount: 16))
+        #expect(port.context.framesInFlight == 64)
+        #expect(port.completion.consumerIndex == 0, "a send that fits does not read completions")
+        #expect(kernel.transmit() == 16)
+        // A send beyond the room: its pass reads the completion ring and places it at once.
+        let beyond = try #require(try port.sendNew(packetCount: 8))
+        #expect(port.completion.consumerIndex == 48, "the send's pass read what had completed")
+        #expect(port.context.framesInFlight == 24)
+        #expect(port.counters.queuedFrames == 0, "placed in the send's own pass")
+        #expect(kernel.transmit() == 8)
+        #expect(port.log.entries.isEmpty, "a send's pass calls no handler")
+        // The next poll delivers the twelve that completed, in order.
+        port.poll()
+        #expect(port.log.sequences == Array(0..<12))
+        kernel.complete()
+        port.poll()
+        #expect(port.log.sequences == Array(0..<12) + [fits, beyond])
+        #expect(port.log.entries.allSatisfy { $0.status == .success })
+        #expect(kernel.completionRingOverruns == 0)
+        try port.returnAllCompleted()
+        expectAllHome(port, kernel)
+    }
+
     @Test("Completion addresses out of order: lists still complete in the caller's order",
           arguments: CompletionOrder.allCases, [false, true])
     func outOfOrderCompletions(order: CompletionOrder, maskOffset: Bool) throws {
@@ -740,7 +773,7 @@ struct SimulatedKernelTests {
             kernel.complete(limit: Int.random(in: 0...32, using: &random), order: .shuffled)
             if Bool.random(using: &random) { port.poll() } else { port.serviceSend() }
         }
-        #expect(try sent.count == 40 * rounds)
+        #expect(sent.count == 40 * rounds)
         #expect(port.log.sequences == sent.map(\.sequence))
         #expect(kernel.wire == expectedWire(sent))
         #expect(port.log.entries.allSatisfy { $0.status == .success })

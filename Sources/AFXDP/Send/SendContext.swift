@@ -174,6 +174,27 @@ final class SendContext: @unchecked Sendable {
         return progress
     }
 
+    /// The pass a send runs (no delivery follows it): takes the mailbox,
+    /// places, kicks. Reading the completion ring serves delivery, which
+    /// is the delivering pass's, and room: so this pass reads it only when
+    /// the frames in flight leave the completion ring too little room for
+    /// what is queued. A send thus costs no reap of its own, and the next
+    /// poll reaps the completions of every list sent since in one go. The
+    /// watches (link, quiet completion ring) stay with `service`, as does
+    /// any pass that does not admit sends.
+    @discardableResult
+    func servicePlacing(mailbox: SlotMailbox, admit: SendStatus) -> Bool {
+        guard admit == .success, linkDownSince == 0 else { return service(mailbox: mailbox, admit: admit) }
+        var progress = takeMailbox(mailbox)
+        if queuedFrames > completion.size &- framesInFlight, reapCompletions() {
+            progress = true
+            if quietPasses != 0 { completionsMoved() }
+        }
+        if place() { progress = true }
+        if kick() { progress = true }
+        return progress
+    }
+
     // MARK: Link and stall watch
 
     /// The kernel would not take frames (a kick said so), or the completion

@@ -16,12 +16,13 @@ final class SendRegion: @unchecked Sendable {
         door.mailbox.push(slot, links: context.table.lists)
     }
 
-    /// A pass that calls no handler: takes the mailbox, reaps, places,
-    /// kicks. Completions it collects wait for the next delivering pass.
-    /// By the region's owner.
+    /// A pass that calls no handler: takes the mailbox, places, kicks. It
+    /// reads the completion ring only when the frames in flight leave too
+    /// little room for what is queued (see `SendContext.servicePlacing`):
+    /// completions wait for the next delivering pass. By the region's owner.
     @inline(__always)
     func placingPass(admit: SendStatus) {
-        context.service(mailbox: door.mailbox, admit: admit)
+        context.servicePlacing(mailbox: door.mailbox, admit: admit)
     }
 
     /// A pass that delivers what completed, then places what the handler
