@@ -25,11 +25,12 @@ func copyDescriptors(
     count: Int, offsetBy base: UInt64
 ) -> (offsets: UInt64, bytes: UInt32) {
     let from = UnsafeRawPointer(source), to = UnsafeMutableRawPointer(destination)
+    let stride = MemoryLayout<XDPDescriptor>.stride  // the kernel's struct xdp_desc: 16 bytes, two lanes
     let offset = SIMD2<UInt64>(base, 0)
     var offsets = SIMD2<UInt64>(repeating: 0), sums = SIMD2<UInt64>(repeating: 0)
     for index in 0..<count {
-        let descriptor = from.loadUnaligned(fromByteOffset: index &* 16, as: SIMD2<UInt64>.self)
-        to.storeBytes(of: descriptor, toByteOffset: index &* 16, as: SIMD2<UInt64>.self)
+        let descriptor = from.loadUnaligned(fromByteOffset: index &* stride, as: SIMD2<UInt64>.self)
+        to.storeBytes(of: descriptor, toByteOffset: index &* stride, as: SIMD2<UInt64>.self)
         offsets |= descriptor &- offset
         sums &+= descriptor
     }
@@ -43,10 +44,11 @@ func copyDescriptors(
     from source: UnsafePointer<XDPDescriptor>, to destination: UnsafeMutablePointer<XDPDescriptor>, count: Int
 ) -> UInt32 {
     let from = UnsafeRawPointer(source), to = UnsafeMutableRawPointer(destination)
+    let stride = MemoryLayout<XDPDescriptor>.stride  // the kernel's struct xdp_desc: 16 bytes, two lanes
     var sums = SIMD2<UInt64>(repeating: 0)
     for index in 0..<count {
-        let descriptor = from.loadUnaligned(fromByteOffset: index &* 16, as: SIMD2<UInt64>.self)
-        to.storeBytes(of: descriptor, toByteOffset: index &* 16, as: SIMD2<UInt64>.self)
+        let descriptor = from.loadUnaligned(fromByteOffset: index &* stride, as: SIMD2<UInt64>.self)
+        to.storeBytes(of: descriptor, toByteOffset: index &* stride, as: SIMD2<UInt64>.self)
         sums &+= descriptor
     }
     return lengths(in: sums)
