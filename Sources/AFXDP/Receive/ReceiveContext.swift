@@ -347,7 +347,7 @@ final class ReceiveContext: @unchecked Sendable {
         ringsOpen = false
         // Before the last look at the mailbox: a list returned from now on is
         // taken back by its returner, or by the owner's look after letting go.
-        closedFlag.store(true, ordering: .sequentiallyConsistent)
+        closedFlag.store(1, ordering: .sequentiallyConsistent)
         takeReturns()
         while freeFrames.pop() != nil {}
         while freeSlots.pop() != nil {}
@@ -387,13 +387,18 @@ final class ReceiveContext: @unchecked Sendable {
 
     /// Set once the port's rings are gone: returned lists are then taken
     /// back by whoever returns them, since no pass runs any more.
-    private let closedFlag = ManagedAtomic<Bool>(false)
+    /// 1 once closed. In `heldStorage` (an UnsafeAtomic inlines, where a
+    /// ManagedAtomic's storage lookup was a call on every return), 96 bytes
+    /// past the owner's counts: on another cache line from them whatever the
+    /// allocation's alignment, so returners on other threads read it
+    /// without pulling in the lines the owner writes every pass.
+    private var closedFlag: UnsafeAtomic<Int> { UnsafeAtomic(at: heldStorage + 12) }
 
     /// A list of this pool returned (its state already moved and its
     /// generation bumped), on any port of the UMEM and any thread.
     func takeBack(_ slot: UInt32) {
         door.mailbox.push(slot, links: table.lists)
-        if closedFlag.load(ordering: .sequentiallyConsistent) {
+        if closedFlag.load(ordering: .sequentiallyConsistent) != 0 {
             door.runIfFree(rounds: 1) { takeReturns() }
         }
     }
