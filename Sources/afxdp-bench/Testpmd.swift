@@ -121,12 +121,20 @@ struct TestpmdPeer {
             }
             return ["A->B tx Mpps": sent / 1e6]
         }
+        // B's rate is not read from B's own per-second samples: B starts
+        // before A and stops after it, so the seconds in which A starts and
+        // stops are partial ones in B's samples, and with runs of a few
+        // seconds they pull B's median far below what it received (a
+        // lossless run read 0.33 Mpps received of 0.46 sent). B received, of
+        // what A sent, the share its total says; at A's rate, measured over
+        // whole seconds of A's own run.
+        let received = b.flatMap { b in a.tx.flatMap { tx in
+            b.receivedTotal.flatMap { rx in a.sentTotal.map { sent in sent > 0 ? tx * rx / sent : 0 } } } }
         let figure: Double?
         switch mode {
-        case "tx-only": figure = b?.rx
-        case "rx-drop": figure = b?.rx
+        case "tx-only", "rx-drop": figure = received
         case "l2fwd": figure = a.rx
-        default: figure = b.flatMap { b in a.rx.flatMap { rx in b.rx.map { rx + $0 } } }
+        default: figure = received.flatMap { received in a.rx.map { $0 + received } }
         }
         guard let figure else {
             throw BenchError("testpmd (\(driver.rawValue), \(mode)) printed no rates; its log is in \(logA) while it runs")
@@ -137,8 +145,9 @@ struct TestpmdPeer {
     }
 
     /// The medians of testpmd's per-second receive and transmit rates (pps),
-    /// the first sample left out; nil where no sample was above 0.
-    static func rates(_ output: String) -> (rx: Double?, tx: Double?) {
+    /// the first sample left out, nil where no sample was above 0; and the
+    /// packets it received and sent in all (its closing statistics).
+    static func rates(_ output: String) -> (rx: Double?, tx: Double?, receivedTotal: Double?, sentTotal: Double?) {
         // testpmd redraws the screen between samples.
         let text = output.replacing(#/\x1b\[[0-9;]*[A-Za-z]/#, with: "")
         var rx: [Double] = [], tx: [Double] = []
@@ -147,6 +156,10 @@ struct TestpmdPeer {
             tx.append(Double(match.output.2) ?? 0)
         }
         func median(_ values: [Double]) -> Double? { Report.median(values.dropFirst().filter { $0 > 0 }) }
-        return (median(rx), median(tx))
+        // "RX-packets: N  RX-dropped: N  RX-total: N", then the same for TX:
+        // the accumulated forward statistics, printed last.
+        let receivedTotal = text.matches(of: #/RX-packets:\s+(\d+)\s+RX-dropped:/#).last.flatMap { Double($0.output.1) }
+        let sentTotal = text.matches(of: #/TX-packets:\s+(\d+)\s+TX-dropped:/#).last.flatMap { Double($0.output.1) }
+        return (median(rx), median(tx), receivedTotal, sentTotal)
     }
 }
