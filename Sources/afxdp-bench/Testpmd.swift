@@ -128,8 +128,10 @@ struct TestpmdPeer {
         // lossless run read 0.33 Mpps received of 0.46 sent). B received, of
         // what A sent, the share its total says; at A's rate, measured over
         // whole seconds of A's own run.
-        let received = b.flatMap { b in a.tx.flatMap { tx in
-            b.receivedTotal.flatMap { rx in a.sentTotal.map { sent in sent > 0 ? tx * rx / sent : 0 } } } }
+        let received: Double? = {
+            guard let b, let rate = a.tx, let arrived = b.receivedTotal, let sent = a.sentTotal else { return nil }
+            return sent > 0 ? rate * arrived / sent : 0
+        }()
         let figure: Double?
         switch mode {
         case "tx-only", "rx-drop": figure = received

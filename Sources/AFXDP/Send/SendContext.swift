@@ -155,9 +155,8 @@ final class SendContext: @unchecked Sendable {
     func service(mailbox: SlotMailbox, admit: SendStatus) -> Bool {
         var progress = takeMailbox(mailbox)
         if admit != .success { stopPlacing(status: admit) }
-        if reapCompletions() {
+        if reap() {
             progress = true
-            if quietPasses != 0 { completionsMoved() }
         } else if framesInFlight > 0 {
             // The clock only now and then: a stall is seconds, a pass microseconds.
             quietPasses &+= 1
@@ -186,13 +185,18 @@ final class SendContext: @unchecked Sendable {
     func servicePlacing(mailbox: SlotMailbox, admit: SendStatus) -> Bool {
         guard admit == .success, linkDownSince == 0 else { return service(mailbox: mailbox, admit: admit) }
         var progress = takeMailbox(mailbox)
-        if queuedFrames > completion.size &- framesInFlight, reapCompletions() {
-            progress = true
-            if quietPasses != 0 { completionsMoved() }
-        }
+        if queuedFrames > completion.size &- framesInFlight, reap() { progress = true }
         if place() { progress = true }
         if kick() { progress = true }
         return progress
+    }
+
+    /// Reads the completion ring; completions that move end a quiet stretch
+    /// (see `watchQuietCompletions`). Returns whether any were read.
+    private func reap() -> Bool {
+        guard reapCompletions() else { return false }
+        if quietPasses != 0 { completionsMoved() }
+        return true
     }
 
     // MARK: Link and stall watch
@@ -445,7 +449,7 @@ final class SendContext: @unchecked Sendable {
                     let source = table.chunk(chunk) + Int(at)
                     let (destination, run) = ring.contiguousRun(
                         from: index &+ placed, upTo: min(chunkCount &- at, budget &- placed))
-                    bytes &+= copyDescriptors(from: source, to: destination, count: Int(run))
+                    bytes &+= copyDescriptors(from: source, to: destination, count: Int(run), offsetBy: 0).bytes
                     placed &+= run
                     at &+= run
                     if at == chunkCount {
